@@ -1,0 +1,144 @@
+"""Real daemons as real processes for the tests, always reaped.
+
+Each daemon binds port 0 (the OS picks a free port) and is waited for through
+its JSON ready line on stderr — never a sleep. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zmqllm.client import Client
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Daemon:
+    """A running `zmqllm daemon` process."""
+
+    name: str
+    proc: subprocess.Popen[str]
+    args: list[str]
+    log_lines: list[str] = field(default_factory=list)
+    ready_event: dict[str, Any] | None = None
+    ready_at: float = 0.0
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def endpoint(self) -> str:
+        assert self.ready_event is not None, f"{self.name} never became ready"
+        return str(self.ready_event["endpoint"])
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._ready.wait(0.5)  # let the reader catch the last lines
+                raise AssertionError(f"daemon {self.name} not ready (exit {self.proc.poll()}):\n" + self.log())
+        assert self.ready_event is not None
+
+    def log(self) -> str:
+        return "\n".join(self.log_lines[-60:])
+
+    def client(self, timeout: float = 5.0) -> Client:
+        return Client(self.endpoint, timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT_S)
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL if it does not stop in time; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT_S)
+        return self.proc.returncode
+
+
+def _pump(daemon: Daemon) -> None:
+    assert daemon.proc.stderr is not None
+    for line in daemon.proc.stderr:
+        line = line.rstrip("\n")
+        daemon.log_lines.append(line)
+        if daemon.ready_event is None and '"event": "ready"' in line:
+            try:
+                daemon.ready_event = json.loads(line)
+            except ValueError:
+                continue
+            daemon.ready_at = time.monotonic()
+            daemon._ready.set()
+
+
+@pytest.fixture
+def zmqllm_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for zmqllm processes: a private ZMQLLM_HOME, no stray settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQLLM_")}
+    env["ZMQLLM_HOME"] = str(tmp_path / "home")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def spawn(zmqllm_env: dict[str, str]) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons: `spawn("a", "--peer", endpoint, heartbeat=0.2)`; all reaped at the end."""
+    started: list[Daemon] = []
+
+    def start(name: str, *args: str, heartbeat: float = 0.2, engine: str = "echo", bind: str = "tcp://127.0.0.1:0",
+              wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
+        argv = [sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", bind, "--engine", engine,
+                "--heartbeat-interval", str(heartbeat), "--json", *args]
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                env=env or zmqllm_env)
+        daemon = Daemon(name, proc, argv)
+        started.append(daemon)
+        threading.Thread(target=_pump, args=(daemon,), daemon=True).start()
+        if wait:
+            daemon.wait_ready()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 60.0, input: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run the real `zmqllm` command line."""
+    return subprocess.run([sys.executable, "-m", "zmqllm", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, input=input)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll `predicate` until truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def states(daemon: Daemon) -> dict[str, str]:
+    """name -> state as `daemon` sees the mesh."""
+    with daemon.client() as client:
+        return {row["name"]: row["state"] for row in client.peers()}

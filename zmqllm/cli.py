@@ -1,0 +1,268 @@
+"""The `zmqllm` command line: one click group, verbs for subcommands.
+
+Exit codes (docs/cli.md): 0 done, 1 the task or command failed, 2 usage or
+config error, 3 mesh unreachable, 130 interrupted. Client commands talk to
+daemons only through `zmqllm.client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from zmqllm import __version__, paths
+from zmqllm.client import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT_S, AsyncClient, MeshUnreachable, RequestFailed
+from zmqllm.config import KEYS, ConfigError, load_config
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+log = logging.getLogger("zmqllm.daemon")
+
+
+class CliError(click.ClickException):
+    """One clear line on stderr and a CONTRACT exit code; never a traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="zmqllm")
+def main() -> None:
+    """zmqllm: a brokerless peer-to-peer mesh of LLM daemons.
+
+    \b
+    Start a daemon on each machine, then drive the mesh from any of them:
+      zmqllm daemon --name a --bind tcp://0.0.0.0:5555
+      zmqllm daemon --name b --bind tcp://0.0.0.0:5555 --peer tcp://hostA:5555
+      zmqllm peers --connect tcp://hostA:5555
+      zmqllm submit "Once upon a time" --max-tokens 32
+    Or start a local mesh in one go: zmqllm up --nodes 3
+    """
+
+
+# -- daemon ---------------------------------------------------------------------------
+
+def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One flag per config key (docs come from config.KEYS, so they never drift)."""
+    for key in reversed(list(KEYS.values())):
+        help_text = f"{key.help} [env: {key.env_var}]"
+        if key.name == "peers":
+            option = click.option("--peer", "peers", multiple=True, metavar="ENDPOINT", help=help_text + " (repeatable)")
+        elif key.name == "json_logs":
+            option = click.option("--json", "json_logs", is_flag=True, default=None, help=help_text)
+        elif key.type is bool:
+            option = click.option(f"{key.flag}/--no-{key.flag[2:]}", key.name, default=None, help=help_text)
+        else:
+            kind: Any = {int: int, float: float}.get(key.type, click.Choice(key.choices) if key.choices else str)
+            option = click.option(key.flag, key.name, type=kind, default=None, help=help_text)
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, envvar="ZMQLLM_CONFIG",
+              help="TOML config file (flat keys, as the flags) [env: ZMQLLM_CONFIG]")
+@_config_options
+def daemon(config_path: str | None, **flags: Any) -> None:
+    """Run one mesh daemon in the foreground (logs on stderr).
+
+    Settings come from flags > ZMQLLM_<KEY> environment > --config file > defaults.
+
+    \b
+    Examples:
+      zmqllm daemon --config configs/mesh/node-a.toml
+      zmqllm daemon --name b --bind tcp://0.0.0.0:5556 --peer tcp://hostA:5555
+      zmqllm daemon --name c --bind tcp://127.0.0.1:0 --peer tcp://127.0.0.1:5555 --engine echo
+    """
+    if not flags.get("peers"):
+        flags["peers"] = None
+    try:
+        config = load_config(config_path, overrides=flags)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    from zmqllm import logs
+    from zmqllm.daemon import DaemonError, serve
+
+    logs.configure(config.log_level, config.json_logs)
+    try:
+        asyncio.run(serve(config))
+    except DaemonError as exc:
+        raise CliError(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+# -- client commands ------------------------------------------------------------------
+
+def _client_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--json", "as_json", is_flag=True, help="machine-readable output (see docs/cli.md)")(command)
+    command = click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT_S, show_default=True,
+                           envvar="ZMQLLM_TIMEOUT", help="seconds to wait for the node [env: ZMQLLM_TIMEOUT]")(command)
+    command = click.option("--connect", metavar="ENDPOINT", default=paths.default_connect,
+                           envvar="ZMQLLM_CONNECT", show_default="$ZMQLLM_CONNECT, the last `zmqllm up`, or "
+                           + paths.DEFAULT_CONNECT,
+                           help="any node of the mesh [env: ZMQLLM_CONNECT]")(command)
+    return command
+
+
+def _query(connect: str, timeout: float, call: Callable[[AsyncClient], Any]) -> Any:
+    async def run() -> Any:
+        async with AsyncClient(connect, timeout) as client:
+            return await call(client)
+
+    try:
+        return asyncio.run(run())
+    except MeshUnreachable as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
+    except RequestFailed as exc:
+        raise CliError(str(exc)) from None
+
+
+@main.command()
+@_client_options
+def peers(connect: str, timeout: float, as_json: bool) -> None:
+    """List every node of the mesh: name, state, endpoint, models, load.
+
+    \b
+    Example:
+      zmqllm peers --connect tcp://hostA:5555 --json
+    """
+    rows = _query(connect, timeout, lambda c: c.peers())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from zmqllm.render import peer_table
+
+    click.echo(peer_table(rows))
+
+
+@main.command()
+@_client_options
+def status(connect: str, timeout: float, as_json: bool) -> None:
+    """Show the answering node: id, uptime, tasks, protocol version."""
+    info = _query(connect, timeout, lambda c: c.status())
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from zmqllm.render import status_lines
+
+    click.echo(status_lines(info))
+
+
+@main.command()
+@click.argument("task_id")
+@_client_options
+def cancel(task_id: str, connect: str, timeout: float, as_json: bool) -> None:
+    """Cancel a running task through the node that accepted it."""
+
+    async def call(client: AsyncClient) -> dict[str, Any]:
+        reply = await client.request("CANCEL", task_id=task_id)
+        return {"type": reply.type.lower(), **reply.fields}
+
+    result = _query(connect, timeout, call)
+    click.echo(json.dumps(result) if as_json else f"{task_id}: {result.get('finish_reason', result['type'])}")
+
+
+def read_prompt(prompt: str) -> str:
+    """A literal prompt, `@file`, or `-` for stdin."""
+    if prompt == "-":
+        return sys.stdin.read()
+    if prompt.startswith("@"):
+        try:
+            return Path(prompt[1:]).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read prompt file {prompt[1:]!r}: {exc.strerror}", EXIT_USAGE) from None
+    return prompt
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--model", help="model name, exactly as `zmqllm peers` lists it (default: the only one)")
+@click.option("--peer", help="run on this node (by name)")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS, show_default=True)
+@click.option("--temperature", type=float)
+@click.option("--top-p", type=float)
+@click.option("--top-k", type=int)
+@click.option("--min-p", type=float)
+@click.option("--repeat-penalty", type=float)
+@click.option("--seed", type=int)
+@click.option("--stop", multiple=True, help="stop sequence (repeatable)")
+@click.option("--task-id", help="your own task id; resending it never runs the task twice")
+@_client_options
+def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, stop: tuple[str, ...],
+           task_id: str | None, connect: str, timeout: float, as_json: bool, **sampling: Any) -> None:
+    """Run a completion on the mesh and stream its tokens to stdout.
+
+    PROMPT is the text itself, @FILE, or - for stdin. Ctrl-C cancels the task.
+
+    \b
+    Examples:
+      zmqllm submit "Once upon a time" --max-tokens 32
+      zmqllm submit @prompt.txt --peer c --json
+    """
+    params = {k: v for k, v in sampling.items() if v is not None}
+    text = read_prompt(prompt)
+    from zmqllm.streaming import stream_task
+
+    try:
+        code = asyncio.run(stream_task(connect, timeout, as_json, text, model=model, peer=peer,
+                                       max_tokens=max_tokens, params=params, stop=stop, task_id=task_id))
+    except MeshUnreachable as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True, help="daemons to start")
+@click.option("--engine", type=click.Choice(["echo", "llama"]), default="echo", show_default=True)
+@click.option("--model", default=None, help="llama model (a GGUF path or bundled:gemma3-270m)")
+@click.option("--echo-rate", type=float, default=50.0, show_default=True, help="echo tokens/s")
+@click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one per node, then ready")
+def up(nodes: int, engine: str, model: str | None, echo_rate: float, heartbeat_interval: float,
+       as_json: bool) -> None:
+    """Start a local mesh of N daemons (free ports) and keep it up until Ctrl-C.
+
+    The endpoints are recorded, so `zmqllm peers` / `submit` find the mesh
+    without --connect. Daemon logs go to the state dir (shown at start).
+
+    \b
+    Example:
+      zmqllm up --nodes 3 --engine echo
+    """
+    from zmqllm.launcher import LaunchError, run_mesh
+
+    try:
+        sys.exit(run_mesh(nodes=nodes, engine=engine, model=model, echo_rate=echo_rate,
+                          heartbeat_interval=heartbeat_interval, as_json=as_json))
+    except LaunchError as exc:
+        raise CliError(str(exc)) from None
+
+
+@main.command()
+@click.argument("what", type=click.Choice(["messaging"]))
+@click.option("--tokens", type=click.IntRange(min=100), default=20_000, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench(what: str, tokens: int, runs: int, as_json: bool) -> None:
+    """Measure the mesh against a raw baseline in the same run; prints ratios.
+
+    \b
+    messaging: tokens/s from an echo engine on node B through origin A to a
+               client, against raw pyzmq+msgpack doing the same two hops.
+    """
+    from zmqllm.bench import run_messaging
+
+    report = run_messaging(tokens=tokens, runs=runs)
+    click.echo(json.dumps(report, indent=2) if as_json else report["summary"])
+

@@ -1,0 +1,222 @@
+"""Talking to a node: the async client, and a sync wrapper for scripts.
+
+The CLI, the dashboard and the tests all use this; it speaks the same protocol
+any other program would. ZeroMQ connects never fail by themselves, so every wait
+here is bounded: a node that does not answer within `timeout` raises
+`MeshUnreachable` instead of hanging.
+
+Streams yield the CONTRACT's JSON events as dicts: `accepted`, `token`, `done`,
+`error` (each with a `type` key); a stream ends after its one `done` or `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from zmqllm import protocol
+from zmqllm.protocol import Message, ProtocolError
+
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_MAX_TOKENS = 128
+_EVENT_TYPES = {"ACCEPTED": "accepted", "TOKEN": "token", "DONE": "done", "ERROR": "error"}
+
+
+class MeshUnreachable(Exception):
+    """The node did not answer within the timeout."""
+
+    def __init__(self, endpoint: str, timeout: float) -> None:
+        super().__init__(f"no answer from {endpoint} within {timeout:g} s (is a daemon running there?)")
+        self.endpoint = endpoint
+
+
+class RequestFailed(Exception):
+    """The node answered a query with an ERROR."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def event_from(message: Message) -> dict[str, Any]:
+    """A task message as the CONTRACT's JSON event."""
+    event: dict[str, Any] = {"type": _EVENT_TYPES[message.type]}
+    event.update(message.fields)
+    return event
+
+
+class AsyncClient:
+    """One DEALER to one node. Use as `async with AsyncClient(endpoint) as client:`."""
+
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.client_id = "client-" + secrets.token_hex(4)
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._streams: dict[str, asyncio.Queue[Message]] = {}
+
+    async def __aenter__(self) -> AsyncClient:
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.endpoint)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    # -- queries -------------------------------------------------------------------
+
+    async def peers(self) -> list[dict[str, Any]]:
+        """Every node of the mesh as this node sees it (CONTRACT peer rows)."""
+        return list((await self.request("GET_PEERS"))["peers"])
+
+    async def status(self) -> dict[str, Any]:
+        """This node's own status."""
+        return dict((await self.request("GET_STATUS"))["status"])
+
+    async def request(self, type_: str, **fields: Any) -> Message:
+        """Send one request and wait (bounded) for the reply that answers it."""
+        message = self._send(type_, **fields)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[message.id] = future
+        try:
+            reply = await asyncio.wait_for(future, self.timeout)
+        except asyncio.TimeoutError:
+            raise MeshUnreachable(self.endpoint, self.timeout) from None
+        finally:
+            self._pending.pop(message.id, None)
+        if reply.type == "ERROR":
+            raise RequestFailed(reply["code"], reply["message"])
+        return reply
+
+    # -- tasks -----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        peer: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        params: dict[str, Any] | None = None,
+        stop: Sequence[str] = (),
+        task_id: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Submit a completion and stream its events until `done` or `error`."""
+        task_id = task_id or uuid.uuid4().hex
+        queue = self._streams.setdefault(task_id, asyncio.Queue())
+        try:
+            self._send("SUBMIT", task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {},
+                       stop=list(stop), model=model, peer=peer)
+            while True:
+                message = await self._next_for_task(queue)
+                yield event_from(message)
+                if message.type in ("DONE", "ERROR"):
+                    return
+        finally:
+            self._streams.pop(task_id, None)
+
+    async def cancel(self, task_id: str) -> None:
+        """Ask the node to cancel a task; its stream then ends with `done` (cancelled)."""
+        self._send("CANCEL", task_id=task_id)
+
+    async def _next_for_task(self, queue: asyncio.Queue[Message]) -> Message:
+        """The task's next message; while none comes, check the node is still there."""
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), self.timeout)
+            except asyncio.TimeoutError:
+                await self.request("GET_STATUS")  # raises MeshUnreachable if the node is gone
+
+    # -- socket --------------------------------------------------------------------------
+
+    def _send(self, type_: str, **fields: Any) -> Message:
+        if self._sock is None:
+            raise RuntimeError("client is not open: use `async with AsyncClient(...)`")
+        message = protocol.make(type_, src=self.client_id, id=next(self._ids), **fields)
+        self._sock.send(protocol.encode(message), flags=zmq.DONTWAIT)
+        return message
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        while True:
+            frame = await self._sock.recv()
+            try:
+                message = protocol.decode(frame)
+            except ProtocolError:
+                continue
+            task_id = message.get("task_id")
+            queue = self._streams.get(task_id) if isinstance(task_id, str) else None
+            if queue is not None:
+                queue.put_nowait(message)
+                continue
+            future = self._pending.get(message.re) if message.re is not None else None
+            if future is not None and not future.done():
+                future.set_result(message)
+
+
+class Client:
+    """The same, for synchronous code: `with Client(endpoint) as client: client.peers()`."""
+
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = AsyncClient(endpoint, timeout)
+
+    def __enter__(self) -> Client:
+        self._loop.run_until_complete(self._async.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._async.close())
+            self._loop.close()
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self._loop.run_until_complete(self._async.peers())
+
+    def status(self) -> dict[str, Any]:
+        return self._loop.run_until_complete(self._async.status())
+
+    def cancel(self, task_id: str) -> None:
+        self._loop.run_until_complete(self._async.cancel(task_id))
+
+    def submit(self, prompt: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Stream a task's events; see `AsyncClient.submit` for the arguments."""
+        stream = self._async.submit(prompt, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._loop.run_until_complete(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run_until_complete(stream.aclose())

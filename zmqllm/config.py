@@ -1,0 +1,363 @@
+"""Daemon settings: one typed, validated NodeConfig from four layers.
+
+Precedence is flag > environment (``ZMQLLM_<KEY>``) > TOML file > default.
+Every key is described once in ``KEYS`` so flags, environment variables and
+the file cannot drift apart, and every failure is a ConfigError whose single
+line names the key and where the bad value came from, so a user can fix it
+without reading code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zmqllm import paths
+
+__all__ = [
+    "ConfigError", "NodeConfig", "Key", "KEYS", "ENV_PREFIX",
+    "load_config", "parse_text", "data_dir_for", "default_name",
+]
+
+ENV_PREFIX = "ZMQLLM_"
+ENGINES = ("echo", "llama")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+BUNDLED_MODEL = "bundled:gemma3-270m"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_MAX_CHARS = 64
+FALLBACK_NAME = "node"
+PORT_MAX = 65535
+MIN_CTX_TOKENS = 16
+MAX_SHOWN_CHARS = 60  # longer bad values are cut so the error stays one readable line
+
+_TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9*][A-Za-z0-9.*_%-]*)"
+                  r":(?P<port>\*|[0-9]{1,5})$")
+_IPC = re.compile(r"^ipc://\S+$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number",
+               bool: "a boolean", tuple: "a list of strings"}
+
+
+class ConfigError(Exception):
+    """A bad setting; the message is one line naming the key and its source."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a daemon needs to start; immutable so it can be shared freely."""
+
+    name: str
+    bind: str = "tcp://127.0.0.1:5555"
+    advertise: str | None = None
+    peers: tuple[str, ...] = ()
+    engine: str = "echo"
+    model: str | None = None
+    model_name: str | None = None
+    echo_rate: float = 50.0
+    slots: int = 4
+    queue_limit: int = 64
+    heartbeat_interval: float = 0.5
+    suspect_after: float = 2.0
+    dead_after: float = 4.0
+    data_dir: str | None = None
+    log_level: str = "info"
+    json_logs: bool = False
+    gpu_layers: int = 0
+    ctx: int = 2048
+    threads: int | None = None
+    batch: int = 512
+    chat_format: str | None = None
+    flash_attn: bool = False
+
+    @property
+    def suspect_after_s(self) -> float:
+        """Silence, in seconds, after which a peer is suspected."""
+        return self.suspect_after * self.heartbeat_interval
+
+    @property
+    def dead_after_s(self) -> float:
+        """Silence, in seconds, after which a peer is declared dead."""
+        return self.dead_after * self.heartbeat_interval
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its value type, whether it may be unset, and one line of help."""
+
+    name: str
+    type: type  # str, int, float, bool, or tuple (a list of strings)
+    help: str
+    optional: bool = False
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default(self) -> Any:
+        """NodeConfig's default; None for name, which is derived from the hostname."""
+        field = _FIELDS[self.name]
+        return None if field.default is dataclasses.MISSING else field.default
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+
+
+def _key(name: str, typ: type, help: str, **kw: Any) -> tuple[str, Key]:
+    return name, Key(name, typ, help, **kw)
+
+
+KEYS: dict[str, Key] = dict([
+    _key("name", str, "node name shown to peers (default: sanitised hostname)"),
+    _key("bind", str, "endpoint to listen on, tcp://HOST:PORT or ipc://PATH"),
+    _key("advertise", str, "endpoint peers should dial, when bind is a wildcard", optional=True),
+    _key("peers", tuple, "seed endpoints to dial at start-up"),
+    _key("engine", str, "inference engine", choices=ENGINES),
+    _key("model", str, f"llama model: a GGUF path or '{BUNDLED_MODEL}'", optional=True),
+    _key("model_name", str, "model name to advertise instead of the file stem", optional=True),
+    _key("echo_rate", float, "echo engine tokens per second; 0 = as fast as possible"),
+    _key("slots", int, "requests run at once"),
+    _key("queue_limit", int, "requests waiting beyond the slots before rejecting as busy"),
+    _key("heartbeat_interval", float, "seconds between heartbeats"),
+    _key("suspect_after", float, "heartbeat intervals of silence before a peer is suspect"),
+    _key("dead_after", float, "heartbeat intervals of silence before a peer is dead"),
+    _key("data_dir", str, "state directory (default: $ZMQLLM_HOME/nodes/NAME)", optional=True),
+    _key("log_level", str, "log verbosity", choices=LOG_LEVELS),
+    _key("json_logs", bool, "write logs as JSON lines"),
+    _key("gpu_layers", int, "llama layers offloaded to the GPU; -1 = all"),
+    _key("ctx", int, "llama context tokens per request (per slot)"),
+    _key("threads", int, "llama CPU threads (default: engine picks)", optional=True),
+    _key("batch", int, "llama prompt batch size in tokens"),
+    _key("chat_format", str, "llama chat template name (default: from the model)", optional=True),
+    _key("flash_attn", bool, "llama flash attention"),
+])
+assert set(KEYS) == set(_FIELDS), "KEYS and NodeConfig must list the same keys"
+
+
+def _show(value: Any) -> str:
+    """Render a bad value briefly, on one line, with its TOML type word."""
+    if isinstance(value, bool):
+        return "boolean " + ("true" if value else "false")
+    if isinstance(value, str):
+        text = value if len(value) <= MAX_SHOWN_CHARS else value[:MAX_SHOWN_CHARS] + "..."
+        return "string " + repr(text)
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, Mapping):
+        return "table"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__
+
+
+def _fail(source: str, key: str, what: str, got: str) -> ConfigError:
+    return ConfigError(f"{source}: key '{key}' must be {what}, got {got}")
+
+
+def _typed(key: Key, value: Any, source: str) -> Any:
+    """Check a natively typed value (TOML or flag) against the key's type."""
+    want = _TYPE_WORDS[key.type]
+    if key.type is bool:
+        ok = isinstance(value, bool)
+    elif key.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif key.type is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if not math.isfinite(value):
+                raise _fail(source, key.name, "a finite number", _show(value))
+    elif key.type is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        if ok:
+            value = tuple(value)
+    else:
+        ok = isinstance(value, str)
+        if ok and key.optional and not value:
+            raise _fail(source, key.name, "a non-empty string", "''")
+    if not ok:
+        raise _fail(source, key.name, want, _show(value))
+    return value
+
+
+def parse_text(key: str, text: str, source: str) -> Any:
+    """Parse a setting given as text (environment variable); empty unsets an optional key."""
+    spec = KEYS[key]
+    raw = text.strip()
+    if spec.optional and not raw:
+        return None
+    got = repr(raw if len(raw) <= MAX_SHOWN_CHARS else raw[:MAX_SHOWN_CHARS] + "...")
+    if spec.type is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise _fail(source, key, "a boolean (true/false, 1/0, yes/no, on/off)", got)
+    if spec.type is int:
+        if not re.fullmatch(r"[+-]?[0-9]+", raw):
+            raise _fail(source, key, "an integer", got)
+        return int(raw)
+    if spec.type is float:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise _fail(source, key, "a number", got) from None
+        if not math.isfinite(number):
+            raise _fail(source, key, "a finite number", got)
+        return number
+    if spec.type is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _read_file(path: str | os.PathLike) -> dict[str, Any]:
+    shown = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot read config file '{shown}': {reason}") from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: invalid TOML: not UTF-8 ({exc.reason} "
+                          f"at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{shown}: invalid TOML: {message}") from None
+    values = {}
+    for name, value in doc.items():
+        if name not in KEYS:
+            raise ConfigError(f"{shown}: unknown key '{name}'{_suggest(name)}")
+        values[name] = _typed(KEYS[name], value, shown)
+    return values
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(KEYS), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def default_name() -> str:
+    """The hostname made into a valid node name, so a node needs no config to start."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())
+    cleaned = re.sub(r"^[^A-Za-z0-9]+", "", cleaned)[:NAME_MAX_CHARS]
+    return cleaned or FALLBACK_NAME
+
+
+def load_config(path: str | os.PathLike | None = None,
+                env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> NodeConfig:
+    """Merge defaults < file < environment < flags, then validate the result.
+
+    env defaults to os.environ; only ZMQLLM_* variables naming a key are read,
+    so ZMQLLM_HOME, ZMQLLM_CONNECT and the like are left to their users.
+    overrides are typed flag values keyed by config key; None means not given.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def put(layer: Mapping[str, Any], source_of) -> None:
+        for name, value in layer.items():
+            values[name] = value
+            sources[name] = source_of(name)
+
+    if path is not None:
+        shown = os.fspath(path)
+        put(_read_file(path), lambda _name: shown)
+
+    environ = os.environ if env is None else env
+    from_env = {name: parse_text(name, environ[k.env_var], f"environment {k.env_var}")
+                for name, k in KEYS.items() if k.env_var in environ}
+    put(from_env, lambda name: f"environment {KEYS[name].env_var}")
+
+    from_flags = {}
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in KEYS:
+            raise ConfigError(f"flag --{name.replace('_', '-')}: unknown key '{name}'"
+                              f"{_suggest(name)}")
+        from_flags[name] = _typed(KEYS[name], value, f"flag {KEYS[name].flag}")
+    put(from_flags, lambda name: f"flag {KEYS[name].flag}")
+
+    if "name" not in values:
+        values["name"] = default_name()
+    if isinstance(values.get("log_level"), str):
+        values["log_level"] = values["log_level"].lower()
+    config = NodeConfig(**values)
+    _validate(config, lambda name: sources.get(name, "default"))
+    return config
+
+
+def _check_endpoint(key: str, endpoint: str, source: str, dial: bool) -> None:
+    what = "an endpoint tcp://HOST:PORT or ipc://PATH"
+    tcp = _TCP.match(endpoint)
+    if tcp is None and not _IPC.match(endpoint):
+        raise _fail(source, key, what, _show(endpoint))
+    if tcp is None:
+        return
+    port = tcp["port"]
+    if port != "*" and int(port) > PORT_MAX:
+        raise _fail(source, key, f"an endpoint with PORT 0-{PORT_MAX} or *", _show(endpoint))
+    if dial and ("*" in tcp["host"] or port in ("*", "0")):
+        raise _fail(source, key, "a dialable endpoint (no wildcard host or port)",
+                    _show(endpoint))
+
+
+def _validate(c: NodeConfig, source) -> None:
+    """Range and consistency checks, each naming the key and where it was set."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise _fail(source(key), key, what, _show(getattr(c, key)))
+
+    need(bool(NAME_PATTERN.match(c.name)), "name",
+         "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    _check_endpoint("bind", c.bind, source("bind"), dial=False)
+    if c.advertise is not None:
+        _check_endpoint("advertise", c.advertise, source("advertise"), dial=True)
+    for peer in c.peers:
+        _check_endpoint("peers", peer, source("peers"), dial=True)
+    need(c.engine in ENGINES, "engine", "one of " + ", ".join(ENGINES))
+    need(c.log_level in LOG_LEVELS, "log_level", "one of " + ", ".join(LOG_LEVELS))
+    need(c.echo_rate >= 0, "echo_rate", ">= 0")
+    need(c.slots >= 1, "slots", ">= 1")
+    need(c.queue_limit >= 0, "queue_limit", ">= 0")
+    need(c.heartbeat_interval > 0, "heartbeat_interval", "> 0")
+    need(c.suspect_after > 0, "suspect_after", "> 0")
+    if c.suspect_after >= c.dead_after:
+        if source("suspect_after") == "default":
+            need(False, "dead_after", f"greater than suspect_after ({c.suspect_after})")
+        need(False, "suspect_after", f"less than dead_after ({c.dead_after}, "
+                                     f"from {source('dead_after')})")
+    need(c.gpu_layers >= -1, "gpu_layers", ">= -1 (-1 = all)")
+    need(c.ctx >= MIN_CTX_TOKENS, "ctx", f">= {MIN_CTX_TOKENS}")
+    need(c.batch >= 1, "batch", ">= 1")
+    need(c.threads is None or c.threads >= 1, "threads", ">= 1")
+    if c.engine == "llama" and c.model is None:
+        raise ConfigError(f"{source('engine')}: key 'model' is required when engine is "
+                          f"'llama' (a GGUF path or '{BUNDLED_MODEL}')")
+
+
+def data_dir_for(config: NodeConfig, env: Mapping[str, str] | None = None) -> Path:
+    """Where this node keeps state; pure, so callers decide when to create it."""
+    if config.data_dir is not None:
+        return Path(config.data_dir).expanduser()
+    return paths.data_root(os.environ if env is None else env) / "nodes" / config.name

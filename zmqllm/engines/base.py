@@ -1,0 +1,94 @@
+"""The engine interface: text in, tokens out, cancel.
+
+Engines know nothing of sockets, peers or the event loop's other work. The daemon
+calls `Engine.generate` once per task in its own asyncio task; an engine that
+blocks (llama.cpp) does its work in a worker thread and hands tokens back through
+`emit`, which is safe to call from any thread only via the loop (see
+`zmqllm.executor`).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+SAMPLING_KEYS: dict[str, type] = {
+    "temperature": float,
+    "top_p": float,
+    "top_k": int,
+    "min_p": float,
+    "repeat_penalty": float,
+    "seed": int,
+}
+"""Sampling parameters a request may carry, with their types. `stop` (a list of
+strings) is carried separately in `GenerationRequest.stop`."""
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve (bad parameters, model failure).
+
+    `code` is one of the protocol's error codes (`bad_request`, `engine_failed`).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion request as the engine sees it."""
+
+    prompt: str
+    max_tokens: int
+    params: dict[str, Any] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """One streamed piece of output: its text and the token ids behind it."""
+
+    text: str
+    ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """How a generation ended and what it cost."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Emit = Callable[[TokenChunk], None]
+
+
+class Engine(ABC):
+    """A model server for one daemon.
+
+    `models` are the names this engine answers to; `slots` is how many requests
+    it runs at once (the daemon queues the rest).
+    """
+
+    models: tuple[str, ...]
+    slots: int
+
+    @abstractmethod
+    async def generate(
+        self, request: GenerationRequest, emit: Emit, cancel: threading.Event
+    ) -> GenerationResult:
+        """Stream tokens of `request` through `emit` (always on the event loop's
+        thread) until done, `max_tokens`, or `cancel` is set; a set `cancel` must
+        end the generation within one token and return `finish_reason="cancelled"`.
+        Raises `EngineError` for requests it cannot serve."""
+
+    async def close(self) -> None:
+        """Release the model; the default holds nothing."""

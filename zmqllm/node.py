@@ -1,0 +1,380 @@
+"""The daemon: asyncio glue between sockets, the pure modules and the engine.
+
+One ROUTER takes everything addressed to this node (peers' DEALERs and
+clients); one DEALER per peer carries what this node says to it. Decisions are
+made elsewhere: liveness in `membership`, placement in `scheduler`, a task's
+story in `tasks` (through `origin`), running work in `executor`. This module
+reads frames, hands them over, and sends what comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from zmqllm import __version__, protocol
+from zmqllm.engines.base import Engine
+from zmqllm.executor import Executor
+from zmqllm.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
+from zmqllm.origin import Origin
+from zmqllm.protocol import Message, ProtocolError
+from zmqllm.remote import RemoteTasks
+from zmqllm.transport import (
+    SHUTDOWN_LINGER_MS,
+    Sent,
+    advertised_endpoint,
+    bind_router,
+    connect_dealer,
+    is_endpoint,
+    is_loopback,
+    try_send,
+)
+
+log = logging.getLogger(__name__)
+
+DRAIN_BATCH = 256
+"""Messages read from one socket before giving other coroutines a turn."""
+LIVENESS_CHECKS_PER_INTERVAL = 4
+"""Liveness is checked this many times per heartbeat interval, so a silent peer is
+declared dead within a quarter interval of its deadline, not a whole one."""
+
+
+class FatalNodeError(Exception):
+    """The node cannot go on (its name is taken, its address is in use)."""
+
+
+@dataclass
+class Link:
+    """This node's DEALER to one peer endpoint."""
+
+    endpoint: str
+    socket: zmq.asyncio.Socket
+    reader: asyncio.Task[None] | None = None
+    node_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What the daemon needs beyond its engine (built from `config.NodeConfig`)."""
+
+    name: str
+    bind: str
+    peers: tuple[str, ...] = ()
+    advertise: str | None = None
+    liveness: Liveness = Liveness()
+    queue_limit: int = 64
+
+
+class Node:
+    """One daemon of the mesh."""
+
+    def __init__(self, settings: NodeSettings, engine: Engine, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.node_id = secrets.token_hex(8)
+        self.started_at = clock()
+        self.executor = Executor(engine, settings.queue_limit)
+        self.ctx = zmq.asyncio.Context()
+        self.router: zmq.asyncio.Socket | None = None
+        self.endpoint = ""
+        self.table: PeerTable | None = None
+        self.links: dict[str, Link] = {}
+        self.origin = Origin(self)
+        self.remote = RemoteTasks(self)
+        self._ids = itertools.count(1)
+        self._stopping = asyncio.Event()
+        self._fatal: FatalNodeError | None = None
+        self.dropped_frames = 0
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[Node], None] | None = None) -> None:
+        """Serve until `stop()` (or SIGTERM/SIGINT when installed); say BYE on the way out."""
+        self.router, bound = bind_router(self.ctx, self.settings.bind)
+        self.endpoint = advertised_endpoint(bound, self.settings.advertise)
+        if not is_loopback(bound):
+            log.warning("bound %s: traffic is plaintext and unauthenticated (no CURVE yet)", bound)
+        me = Identity(self.node_id, self.settings.name, self.endpoint, self.engine.models, self.engine.slots)
+        self.table = PeerTable(me, self.settings.liveness, self.clock())
+        loops = [asyncio.create_task(self._read_router(), name="router"),
+                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                 asyncio.create_task(self._liveness_loop(), name="liveness")]
+        for seed in self.settings.peers:
+            self.dial(seed)
+        if on_ready:
+            on_ready(self)
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(loops)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+        self.remote.abandon_all("node stopping")
+        await self.executor.close()
+        self.origin.fail_all("internal", f"node {self.settings.name} stopped before the task finished")
+        bye = self.message("BYE", node_id=self.node_id, name=self.settings.name)
+        for link in self.links.values():
+            try_send(link.socket, [protocol.encode(bye)])
+        for task in loops + [link.reader for link in self.links.values() if link.reader]:
+            task.cancel()
+        await asyncio.gather(*loops, *[l.reader for l in self.links.values() if l.reader], return_exceptions=True)
+        for link in self.links.values():
+            link.socket.close(linger=SHUTDOWN_LINGER_MS)
+        if self.router is not None:
+            self.router.close(linger=SHUTDOWN_LINGER_MS)
+        self.ctx.term()
+
+    def fatal(self, error: FatalNodeError) -> None:
+        log.error("%s", error)
+        self._fatal = error
+        self.stop()
+
+    # -- sending ------------------------------------------------------------------
+
+    def message(self, type_: str, *, re: int | None = None, **fields: Any) -> Message:
+        return protocol.make(type_, src=self.node_id, id=next(self._ids), re=re, **fields)
+
+    def reply(self, identity: bytes, type_: str, *, re: int | None = None, **fields: Any) -> Sent:
+        """Send on the ROUTER to whoever `identity` is (a client or a peer's DEALER)."""
+        assert self.router is not None
+        frame = protocol.encode(self.message(type_, re=re, **fields))
+        return try_send(self.router, [identity, frame])
+
+    def reply_error(self, identity: bytes, code: str, text: str, *, re: int | None = None,
+                    task_id: str | None = None, retryable: bool = False) -> Sent:
+        return self.reply(identity, "ERROR", re=re, code=code, message=text, retryable=retryable, task_id=task_id)
+
+    def send_to_peer(self, node_id: str, type_: str, **fields: Any) -> Sent:
+        """Send through this node's DEALER to a peer (UNREACHABLE if none is open)."""
+        link = self.link_for(node_id)
+        if link is None:
+            return Sent.UNREACHABLE
+        return try_send(link.socket, [protocol.encode(self.message(type_, **fields))])
+
+    def link_for(self, node_id: str) -> Link | None:
+        peer = self.table.get(node_id) if self.table else None
+        return self.links.get(peer.identity.endpoint) if peer else None
+
+    # -- membership -----------------------------------------------------------------
+
+    def identity(self) -> Identity:
+        assert self.table is not None
+        return self.table.me
+
+    def load(self) -> Load:
+        return self.executor.load()
+
+    def dial(self, endpoint: str) -> None:
+        """Open a DEALER to `endpoint` (once) and introduce ourselves."""
+        if endpoint == self.endpoint or endpoint in self.links or not is_endpoint(endpoint):
+            return
+        link = Link(endpoint, connect_dealer(self.ctx, endpoint, self.node_id))
+        link.reader = asyncio.create_task(self._read_dealer(link), name=f"dealer {endpoint}")
+        self.links[endpoint] = link
+        log.debug("dialing %s", endpoint)
+        self._say_hello(link)
+
+    def _say_hello(self, link: Link) -> None:
+        hello = self.message("HELLO", **self.identity().as_fields())
+        try_send(link.socket, [protocol.encode(hello)])
+
+    def _observe(self, fields: Any, load: Load | None, reply_to: bytes | None) -> bool:
+        """Record a peer's identity; a name clash is refused (and fatal to the newcomer)."""
+        assert self.table is not None
+        identity = Identity.from_fields(fields)
+        if not is_endpoint(identity.endpoint):
+            return False
+        try:
+            change = self.table.observe(identity, self.clock(), load)
+        except NameTaken as exc:
+            if reply_to is not None:
+                self.reply_error(reply_to, "name_taken", f"refused by {self.settings.name}: {exc}")
+            return False
+        if change != "updated":
+            log.info("peer %s %s (%s, models=%s)", identity.name, change, identity.endpoint, ",".join(identity.models))
+        self.dial(identity.endpoint)
+        link = self.links.get(identity.endpoint)
+        if link is not None and link.node_id != identity.node_id:
+            link.node_id = identity.node_id
+            self._say_hello(link)  # a new process at a known address must learn of us too
+        return True
+
+    def _on_transition(self, change: Transition) -> None:
+        log.info("peer %s %s -> %s", change.peer.name, change.old, change.new)
+        if change.new in ("dead", "left"):
+            self.origin.executor_lost(change.peer.node_id, change.peer.name, change.new)
+            self.remote.origin_lost(change.peer.node_id)
+
+    async def _liveness_loop(self) -> None:
+        period = self.settings.liveness.interval / LIVENESS_CHECKS_PER_INTERVAL
+        while True:
+            assert self.table is not None
+            for change in self.table.tick(self.clock()):
+                self._on_transition(change)
+            await asyncio.sleep(period)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.liveness.interval
+        next_beat = self.clock()
+        while True:
+            assert self.table is not None
+            beat = self.message(
+                "HEARTBEAT", **self.identity().as_fields(), load=self.load().as_fields(), digest=self.table.digest()
+            )
+            frame = protocol.encode(beat)
+            for link in list(self.links.values()):
+                peer = self.table.get(link.node_id) if link.node_id else None
+                if peer is not None and peer.state in ("alive", "suspect"):
+                    try_send(link.socket, [frame])
+                else:
+                    self._say_hello(link)
+            next_beat += interval
+            await asyncio.sleep(max(0.0, next_beat - self.clock()))
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def _read_router(self) -> None:
+        assert self.router is not None
+        while True:
+            frames = await self.router.recv_multipart()
+            for _ in range(DRAIN_BATCH):
+                self._on_router_frames(frames)
+                future = self.router.recv_multipart(flags=zmq.DONTWAIT)
+                if future.exception() is not None:
+                    break
+                frames = future.result()
+            await asyncio.sleep(0)
+
+    async def _read_dealer(self, link: Link) -> None:
+        while True:
+            frames = await link.socket.recv_multipart()
+            for _ in range(DRAIN_BATCH):
+                self._on_dealer_frames(link, frames)
+                future = link.socket.recv_multipart(flags=zmq.DONTWAIT)
+                if future.exception() is not None:
+                    break
+                frames = future.result()
+            await asyncio.sleep(0)
+
+    def _on_router_frames(self, frames: list[bytes]) -> None:
+        identity, payload = frames[0], frames[-1]
+        try:
+            message = protocol.decode(payload)
+        except ProtocolError as exc:
+            self.dropped_frames += 1
+            log.warning("bad frame from %r: %s", identity, exc.message)
+            self.reply_error(identity, exc.code, exc.message, re=exc.ref)
+            return
+        try:
+            self._dispatch_router(identity, message)
+        except Exception:  # one bad message must never take the daemon down
+            log.exception("internal error handling %s from %r", message.type, identity)
+            self.reply_error(identity, "internal", f"internal error handling {message.type}", re=message.id)
+
+    def _on_dealer_frames(self, link: Link, frames: list[bytes]) -> None:
+        try:
+            message = protocol.decode(frames[-1])
+        except ProtocolError as exc:
+            self.dropped_frames += 1
+            log.warning("bad frame from peer %s: %s", link.endpoint, exc.message)
+            return
+        try:
+            self._dispatch_dealer(link, message)
+        except Exception:
+            log.exception("internal error handling %s from %s", message.type, link.endpoint)
+
+    def _dispatch_router(self, identity: bytes, message: Message) -> None:
+        assert self.table is not None
+        kind = message.type
+        if message.src and self.table.heard_from(message.src, self.clock()) is False and kind == "BYE":
+            return
+        if kind == "HELLO":
+            if self._observe(message.fields, None, identity):
+                self.reply(identity, "WELCOME", re=message.id, **self.identity().as_fields(),
+                           peers=self.table.gossip_rows())
+        elif kind == "HEARTBEAT":
+            if self._observe(message.fields, Load.from_fields(message["load"]), identity):
+                if message["digest"] != self.table.digest():
+                    self.send_to_peer(message["node_id"], "PEERS", peers=self.table.gossip_rows())
+        elif kind == "PEERS":
+            for endpoint in new_endpoints(message["peers"], self.table.known_endpoints()):
+                self.dial(endpoint)
+        elif kind == "BYE":
+            change = self.table.mark_left(message["node_id"])
+            if change is not None:
+                self._on_transition(change)
+        elif kind == "GET_PEERS":
+            self.reply(identity, "PEERS", re=message.id, peers=self.table.rows(self.clock(), self.load()))
+        elif kind == "GET_STATUS":
+            self.reply(identity, "STATUS", re=message.id, status=self.status())
+        elif kind == "SUBMIT":
+            self.origin.on_submit(identity, message)
+        elif kind == "CANCEL":
+            if not self.origin.on_cancel(identity, message) and not self.remote.on_cancel(message):
+                self.reply_error(identity, "task_unknown", f"no task {message['task_id']!r} on this node",
+                                 re=message.id, task_id=message["task_id"])
+        elif kind == "ASSIGN":
+            self.remote.on_assign(identity, message)
+        else:
+            self.reply_error(identity, "bad_request", f"{kind} is not accepted on a node's socket", re=message.id)
+
+    def _dispatch_dealer(self, link: Link, message: Message) -> None:
+        assert self.table is not None
+        self.table.heard_from(message.src, self.clock())
+        kind = message.type
+        if kind == "WELCOME":
+            if self._observe(message.fields, None, None):
+                for endpoint in new_endpoints(message["peers"], self.table.known_endpoints()):
+                    self.dial(endpoint)
+        elif kind == "ERROR" and message["code"] == "name_taken":
+            self.fatal(FatalNodeError(f"cannot join the mesh: {message['message']}"))
+        elif kind in ("ACCEPT", "REJECT", "TOKEN", "DONE", "ERROR"):
+            self.origin.on_executor_message(message)
+        else:
+            log.debug("ignoring %s from %s", kind, link.endpoint)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What `zmqllm status` shows about this node."""
+        assert self.table is not None
+        peers = self.table.peers()
+        return {
+            "name": self.settings.name,
+            "node_id": self.node_id,
+            "endpoint": self.endpoint,
+            "version": __version__,
+            "protocol_version": protocol.PROTOCOL_VERSION,
+            "uptime_s": round(self.clock() - self.started_at, 3),
+            "models": list(self.engine.models),
+            "slots": self.engine.slots,
+            "tasks": {
+                "running": self.executor.active,
+                "queued": self.executor.queued,
+                "done": self.executor.completed,
+                "routing": self.origin.in_flight(),
+            },
+            "peers": {state: sum(1 for p in peers if p.state == state) for state in ("alive", "suspect", "dead", "left")},
+            "dropped_frames": self.dropped_frames,
+        }

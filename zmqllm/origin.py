@@ -1,0 +1,256 @@
+"""The origin's side of a task: from a client's SUBMIT to its one DONE or ERROR.
+
+The node a client submits to places the task (here or on a peer, through the
+scheduler), relays the executor's tokens to the client in order, and ends the
+task exactly once — also when the executor dies or the client goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from zmqllm.engines.base import SAMPLING_KEYS, EngineError, GenerationRequest, GenerationResult, TokenChunk
+from zmqllm.protocol import Message
+from zmqllm.scheduler import Candidate, NoRoute, choose_executor
+from zmqllm.tasks import OriginTask, TaskSpec, done_fields
+from zmqllm.transport import Sent
+
+if TYPE_CHECKING:
+    from zmqllm.node import Node
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS_LIMIT = 1_000_000
+FINISHED_KEPT = 1024
+"""Finished tasks remembered so a resent SUBMIT gets the same answer, not a second run."""
+
+
+def validate_spec(spec: TaskSpec) -> str | None:
+    """Why a SUBMIT cannot be run, or None when it can."""
+    if not spec.task_id or len(spec.task_id) > 128:
+        return "task_id must be 1-128 characters"
+    if not 1 <= spec.max_tokens <= MAX_TOKENS_LIMIT:
+        return f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {spec.max_tokens}"
+    for key, value in spec.params.items():
+        kind = SAMPLING_KEYS.get(key)
+        if kind is None:
+            return f"unknown sampling parameter {key!r} (known: {', '.join(SAMPLING_KEYS)})"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            return f"sampling parameter {key!r} must be {'an integer' if kind is int else 'a number'}"
+    return None
+
+
+class Origin:
+    """Tasks this node accepted from clients."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.tasks: OrderedDict[str, OriginTask] = OrderedDict()
+        self.clients: dict[str, list[bytes]] = {}
+
+    def in_flight(self) -> int:
+        return sum(1 for t in self.tasks.values() if not t.finished)
+
+    # -- from clients ------------------------------------------------------------
+
+    def on_submit(self, client: bytes, message: Message) -> None:
+        spec = TaskSpec.from_submit(message.fields)
+        problem = validate_spec(spec)
+        if problem is not None:
+            self.node.reply_error(client, "bad_request", problem, re=message.id, task_id=spec.task_id)
+            return
+        existing = self.tasks.get(spec.task_id)
+        if existing is not None:
+            self._attach(client, existing, message.id)
+            return
+        task = OriginTask(spec, self.node.clock())
+        self.tasks[spec.task_id] = task
+        self.clients[spec.task_id] = [client]
+        self.node.reply(client, "ACCEPTED", re=message.id, task_id=spec.task_id, origin=self.node.settings.name)
+        log.info("task %s accepted (model=%s, peer=%s)", spec.task_id, spec.model, spec.peer)
+        self._route(task)
+
+    def on_cancel(self, client: bytes, message: Message) -> bool:
+        task = self.tasks.get(message["task_id"])
+        if task is None:
+            return False
+        if task.finished:
+            self._send_final(client, task)
+            return True
+        if client not in self.clients.setdefault(task.task_id, []):
+            self.clients[task.task_id].append(client)
+        self._cancel(task)
+        return True
+
+    def _attach(self, client: bytes, task: OriginTask, ref: int) -> None:
+        """A resent SUBMIT: the same stream again from the start, never a second run."""
+        self.node.reply(client, "ACCEPTED", re=ref, task_id=task.task_id, origin=self.node.settings.name)
+        for seq, (text, ids) in enumerate(task.tokens):
+            self.node.reply(client, "TOKEN", task_id=task.task_id, seq=seq, text=text, ids=ids)
+        if task.finished:
+            self._send_final(client, task)
+        elif client not in self.clients.setdefault(task.task_id, []):
+            self.clients[task.task_id].append(client)
+
+    # -- placing -------------------------------------------------------------------
+
+    def _candidates(self) -> list[Candidate]:
+        node = self.node
+        assert node.table is not None
+        busy: dict[str, int] = {}
+        for task in self.tasks.values():
+            if not task.finished and task.executor_name:
+                busy[task.executor_name] = busy.get(task.executor_name, 0) + 1
+        me = node.identity()
+        own = node.load()
+        result = [Candidate(me.name, me.models, "alive", me.slots, own.active + own.queued, busy.get(me.name, 0), True)]
+        for peer in node.table.peers():
+            load = peer.load
+            result.append(Candidate(peer.name, peer.identity.models, peer.state, peer.identity.slots,
+                                    load.active + load.queued, busy.get(peer.name, 0)))
+        return result
+
+    def _route(self, task: OriginTask) -> None:
+        """Place the task; a node that cannot take it is skipped for the next one."""
+        node = self.node
+        assert node.table is not None
+        spec = task.spec
+        while True:
+            exclude = set() if spec.peer else task.tried
+            try:
+                chosen, model = choose_executor(self._candidates(), spec.model, spec.peer, exclude)
+            except NoRoute as exc:
+                if exc.code == "no_peer_for_model" and task.tried:
+                    self._end_error(task, "busy", f"every node serving the model refused the task ({exc.message})", True)
+                else:
+                    self._end_error(task, exc.code, exc.message)
+                return
+            if chosen.is_self:
+                task.assign(node.node_id, chosen.name, model)
+                self._run_here(task)
+                return
+            peer = node.table.by_name(chosen.name)
+            assert peer is not None
+            task.assign(peer.node_id, peer.name, model)
+            sent = node.send_to_peer(peer.node_id, "ASSIGN", task_id=task.task_id, prompt=spec.prompt,
+                                     max_tokens=spec.max_tokens, params=spec.params, stop=list(spec.stop),
+                                     model=model, origin=node.settings.name)
+            if sent is Sent.OK:
+                log.info("task %s assigned to %s", task.task_id, peer.name)
+                return
+            if spec.peer:
+                self._end_error(task, "peer_dead", f"node {peer.name!r} cannot be reached", True)
+                return
+
+    def _run_here(self, task: OriginTask) -> None:
+        spec = task.spec
+        request = GenerationRequest(spec.prompt, spec.max_tokens, spec.params, spec.stop)
+        counter = iter(range(spec.max_tokens + 1))
+
+        def on_token(chunk: TokenChunk) -> None:
+            self._relay_token(task, next(counter), chunk.text, list(chunk.ids))
+
+        def on_end(outcome: GenerationResult | EngineError, timings: dict[str, float]) -> None:
+            if isinstance(outcome, EngineError):
+                self._end_error(task, outcome.code, outcome.message)
+            else:
+                self._end_done(task, done_fields(self.node.settings.name, outcome, timings))
+
+        if not self.node.executor.submit(task.task_id, request, on_token, on_end):
+            task.tried.add(self.node.settings.name)
+            if task.spec.peer:
+                self._end_error(task, "busy", f"node {task.spec.peer!r} is busy (queue full)", True)
+            else:
+                self._route(task)
+
+    # -- from executors ---------------------------------------------------------------
+
+    def on_executor_message(self, message: Message) -> None:
+        task = self.tasks.get(message.get("task_id") or "")
+        if task is None or task.finished or message.src != task.executor_id:
+            return  # late or stray: the task has moved on
+        kind = message.type
+        if kind == "TOKEN":
+            self._relay_token(task, message["seq"], message["text"], message["ids"])
+        elif kind == "DONE":
+            self._end_done(task, dict(message.fields))
+        elif kind == "REJECT":
+            log.info("task %s rejected by %s: %s", task.task_id, task.executor_name, message["message"])
+            if task.spec.peer:
+                self._end_error(task, message["code"], message["message"], message["code"] == "busy")
+            else:
+                self._route(task)
+        elif kind == "ERROR":
+            self._end_error(task, message["code"], message["message"], message["retryable"])
+
+    def executor_lost(self, node_id: str, name: str, state: str) -> None:
+        """A peer died or left: its tasks cannot finish there."""
+        for task in list(self.tasks.values()):
+            if not task.finished and task.executor_id == node_id:
+                self._end_error(task, "peer_dead", f"executor {name} is {state} after {len(task.tokens)} tokens", True)
+
+    def fail_all(self, code: str, text: str) -> None:
+        for task in list(self.tasks.values()):
+            if not task.finished:
+                self._end_error(task, code, text, True)
+
+    # -- towards the client --------------------------------------------------------------
+
+    def _relay_token(self, task: OriginTask, seq: int, text: str, ids: list[int]) -> None:
+        out_seq = task.accept_token(seq, text, ids)
+        if out_seq is None:
+            return
+        self._to_clients(task, "TOKEN", task_id=task.task_id, seq=out_seq, text=text, ids=ids)
+
+    def _end_done(self, task: OriginTask, fields: dict[str, Any]) -> None:
+        done = task.finish(fields)
+        log.info("task %s done on %s (%s, %d tokens)", task.task_id, task.executor_name, done.get("finish_reason"),
+                 len(task.tokens))
+        self._to_clients(task, "DONE", **done)
+        self._forget_old()
+
+    def _end_error(self, task: OriginTask, code: str, text: str, retryable: bool = False) -> None:
+        if task.finished:
+            return
+        if task.executor_id and task.executor_id != self.node.node_id:
+            self.node.send_to_peer(task.executor_id, "CANCEL", task_id=task.task_id)
+        elif task.executor_id:
+            self.node.executor.cancel(task.task_id)
+        error = task.fail(code, text, retryable)
+        log.info("task %s failed: %s: %s", task.task_id, code, text)
+        self._to_clients(task, "ERROR", **error)
+        self._forget_old()
+
+    def _cancel(self, task: OriginTask) -> None:
+        if task.executor_id == self.node.node_id:
+            self.node.executor.cancel(task.task_id)
+        elif task.executor_id and self.node.send_to_peer(task.executor_id, "CANCEL", task_id=task.task_id) is Sent.OK:
+            return
+        else:
+            self._end_done(task, {"finish_reason": "cancelled", "usage": {"prompt_tokens": 0,
+                                  "completion_tokens": len(task.tokens)}, "timings": {}, "executed_by": "",
+                                  "executed_on": []})
+
+    def _send_final(self, client: bytes, task: OriginTask) -> None:
+        assert task.final is not None and task.final_type is not None
+        self.node.reply(client, task.final_type, **task.final)
+
+    def _to_clients(self, task: OriginTask, type_: str, **fields: Any) -> None:
+        clients = self.clients.get(task.task_id, [])
+        for client in list(clients):
+            sent = self.node.reply(client, type_, **fields)
+            if sent is not Sent.OK:
+                clients.remove(client)
+        if not clients and not task.finished:
+            # Nobody is listening any more (disconnected, or not reading): stop the work.
+            log.info("task %s: client gone or not reading, cancelling", task.task_id)
+            self._end_error(task, "internal", "the client stopped reading; task cancelled")
+
+    def _forget_old(self) -> None:
+        finished = [tid for tid, t in self.tasks.items() if t.finished]
+        for task_id in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            del self.tasks[task_id]
+            self.clients.pop(task_id, None)
+

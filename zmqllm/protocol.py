@@ -1,0 +1,268 @@
+"""The wire protocol: one msgpack map per message, validated at the edge.
+
+Every message carries the envelope `v` (protocol version), `t` (type), `id`
+(sender-local message number), `src` (sender: node id or client id) and, for a
+reply, `re` (the `id` it answers). The type fields follow `MESSAGE_FIELDS`, in
+the same order as the table in docs/protocol.md. Pure: no sockets, no clock.
+
+`decode` never raises anything but `ProtocolError`, whatever bytes it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+"""Largest frame accepted (prompts of long documents fit; anything bigger is `too_large`)."""
+
+ERROR_CODES = frozenset(
+    {
+        "bad_request",
+        "malformed",
+        "too_large",
+        "protocol_version",
+        "unknown_type",
+        "name_taken",
+        "no_peer_for_model",
+        "peer_unknown",
+        "peer_dead",
+        "busy",
+        "deadline",
+        "engine_failed",
+        "task_unknown",
+        "internal",
+    }
+)
+
+
+class ProtocolError(Exception):
+    """A frame that is not a valid message. `code` is an error code for the ERROR
+    reply; `ref` is the offending message's `id` when it could be read."""
+
+    def __init__(self, code: str, message: str, ref: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+# Field kinds: each a (python types, description) pair used by `_check_field`.
+STR = "str"
+INT = "int"
+NUM = "num"
+BOOL = "bool"
+STRS = "list[str]"
+INTS = "list[int]"
+MAP = "map"
+MAPS = "list[map]"
+
+_OPTIONAL = "?"
+
+MESSAGE_FIELDS: dict[str, dict[str, str]] = {
+    # membership (node ↔ node)
+    "HELLO": {"node_id": STR, "name": STR, "endpoint": STR, "models": STRS, "slots": INT},
+    "WELCOME": {
+        "node_id": STR,
+        "name": STR,
+        "endpoint": STR,
+        "models": STRS,
+        "slots": INT,
+        "peers": MAPS,
+    },
+    "HEARTBEAT": {
+        "node_id": STR,
+        "name": STR,
+        "endpoint": STR,
+        "models": STRS,
+        "slots": INT,
+        "load": MAP,
+        "digest": STR,
+    },
+    "PEERS": {"peers": MAPS},
+    "BYE": {"node_id": STR, "name": STR},
+    # queries (client → node)
+    "GET_PEERS": {},
+    "GET_STATUS": {},
+    "STATUS": {"status": MAP},
+    # tasks
+    "SUBMIT": {
+        "task_id": STR,
+        "prompt": STR,
+        "max_tokens": INT,
+        "params": MAP,
+        "stop": STRS,
+        "model": STR + _OPTIONAL,
+        "peer": STR + _OPTIONAL,
+    },
+    "ACCEPTED": {"task_id": STR, "origin": STR},
+    "ASSIGN": {
+        "task_id": STR,
+        "prompt": STR,
+        "max_tokens": INT,
+        "params": MAP,
+        "stop": STRS,
+        "model": STR,
+        "origin": STR,
+    },
+    "ACCEPT": {"task_id": STR},
+    "REJECT": {"task_id": STR, "code": STR, "message": STR},
+    "TOKEN": {"task_id": STR, "seq": INT, "text": STR, "ids": INTS},
+    "DONE": {
+        "task_id": STR,
+        "finish_reason": STR,
+        "usage": MAP,
+        "timings": MAP,
+        "executed_by": STR,
+        "executed_on": STRS,
+        "text": STR + _OPTIONAL,
+    },
+    "ERROR": {
+        "code": STR,
+        "message": STR,
+        "retryable": BOOL,
+        "task_id": STR + _OPTIONAL,
+    },
+    "CANCEL": {"task_id": STR},
+}
+"""Every message type and its fields; a trailing `?` marks an optional field."""
+
+_ENVELOPE = ("v", "t", "id", "src", "re")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A validated message: its type, its fields, and the envelope."""
+
+    type: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    id: int = 0
+    src: str = ""
+    re: int | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+
+def make(type_: str, *, src: str = "", id: int = 0, re: int | None = None, **fields: Any) -> Message:
+    """Build a message, validating it as `decode` would (a bug here is ours, so
+    it raises `ProtocolError` rather than sending something peers would refuse)."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    _validate(type_, fields, id)
+    return Message(type_, fields, id, src, re)
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message to one frame."""
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": message.type, "id": message.id, "src": message.src}
+    if message.re is not None:
+        body["re"] = message.re
+    body.update(message.fields)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(frame: bytes) -> Message:
+    """Parse and validate one frame. Raises only `ProtocolError`."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message of {len(frame)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises many types for bad input; all mean the same
+        raise ProtocolError("malformed", f"not a msgpack message: {type(exc).__name__}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("malformed", f"message must be a map, got {type(body).__name__}")
+    ref = body.get("id") if isinstance(body.get("id"), int) and not isinstance(body.get("id"), bool) else None
+    version = body.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "protocol_version", f"protocol version {version!r} not supported (this node speaks {PROTOCOL_VERSION})", ref
+        )
+    type_ = body.get("t")
+    if not isinstance(type_, str) or type_ not in MESSAGE_FIELDS:
+        raise ProtocolError("unknown_type", f"unknown message type {type_!r}", ref)
+    if ref is None:
+        raise ProtocolError("malformed", f"{type_}: envelope field 'id' must be an integer")
+    src = body.get("src")
+    if not isinstance(src, str):
+        raise ProtocolError("malformed", f"{type_}: envelope field 'src' must be a string", ref)
+    re_ = body.get("re")
+    if re_ is not None and not _is_int(re_):
+        raise ProtocolError("malformed", f"{type_}: envelope field 're' must be an integer", ref)
+    fields = {k: v for k, v in body.items() if k not in _ENVELOPE}
+    _validate(type_, fields, ref)
+    return Message(type_, fields, ref, src, re_)
+
+
+def _validate(type_: str, fields: Mapping[str, Any], ref: int | None) -> None:
+    spec = MESSAGE_FIELDS.get(type_)
+    if spec is None:
+        raise ProtocolError("unknown_type", f"unknown message type {type_!r}", ref)
+    for name in fields:
+        if name not in spec:
+            raise ProtocolError("bad_request", f"{type_}: unexpected field {name!r}", ref)
+    for name, kind in spec.items():
+        optional = kind.endswith(_OPTIONAL)
+        kind = kind.rstrip(_OPTIONAL)
+        if name not in fields:
+            if optional:
+                continue
+            raise ProtocolError("bad_request", f"{type_}: missing field {name!r}", ref)
+        if not _check_field(kind, fields[name]):
+            got = type(fields[name]).__name__
+            raise ProtocolError("bad_request", f"{type_}: field {name!r} must be {kind}, got {got}", ref)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Maps inside messages hold scalars, lists of scalars, or maps of those (depth ≤ 3)."""
+    if _is_scalar(value):
+        return True
+    if depth >= 3:
+        return False
+    if isinstance(value, list):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _check_field(kind: str, value: Any) -> bool:
+    if kind == STR:
+        return isinstance(value, str)
+    if kind == INT:
+        return _is_int(value)
+    if kind == NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == BOOL:
+        return isinstance(value, bool)
+    if kind == STRS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == INTS:
+        return isinstance(value, list) and all(_is_int(v) for v in value)
+    if kind == MAP:
+        return isinstance(value, dict) and _is_plain(value)
+    if kind == MAPS:
+        return isinstance(value, list) and all(isinstance(v, dict) and _is_plain(v, 1) for v in value)
+    raise AssertionError(f"unknown field kind {kind}")
+
+
+def error(code: str, message: str, *, src: str, re: int | None = None, task_id: str | None = None,
+          retryable: bool = False) -> Message:
+    """An ERROR message; `code` must be one of `ERROR_CODES`."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    return make("ERROR", src=src, re=re, code=code, message=message, retryable=retryable, task_id=task_id)

@@ -1,0 +1,106 @@
+"""The executor's side of a task another node assigned here.
+
+An ASSIGN arrives on the ROUTER from the origin's DEALER; the task runs on the
+local executor and its tokens, DONE or ERROR go back to that same DEALER. If
+the origin vanishes (its connection is gone, it died or left), the work stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from zmqllm.engines.base import EngineError, GenerationRequest, GenerationResult, TokenChunk
+from zmqllm.protocol import Message
+from zmqllm.tasks import done_fields
+from zmqllm.transport import Sent
+
+if TYPE_CHECKING:
+    from zmqllm.node import Node
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RemoteJob:
+    """A task this node runs for an origin."""
+
+    task_id: str
+    origin_identity: bytes
+    origin_id: str
+    next_seq: int = 0
+
+
+class RemoteTasks:
+    """Tasks assigned to this node by other origins."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.jobs: dict[str, RemoteJob] = {}
+
+    def on_assign(self, origin: bytes, message: Message) -> None:
+        task_id = message["task_id"]
+        node = self.node
+        if task_id in self.jobs:
+            node.reply(origin, "ACCEPT", re=message.id, task_id=task_id)
+            return
+        if message["model"] not in node.engine.models:
+            node.reply(origin, "REJECT", re=message.id, task_id=task_id, code="no_peer_for_model",
+                       message=f"{node.settings.name} does not serve {message['model']!r}")
+            return
+        job = RemoteJob(task_id, origin, message.src)
+        request = GenerationRequest(message["prompt"], message["max_tokens"], dict(message["params"]),
+                                    tuple(message["stop"]))
+        self.jobs[task_id] = job
+        if not node.executor.submit(task_id, request, lambda chunk: self._on_token(job, chunk),
+                                    lambda outcome, timings: self._on_end(job, outcome, timings)):
+            del self.jobs[task_id]
+            node.reply(origin, "REJECT", re=message.id, task_id=task_id, code="busy",
+                       message=f"{node.settings.name} is busy ({node.executor.queued} queued)")
+            return
+        node.reply(origin, "ACCEPT", re=message.id, task_id=task_id)
+        log.info("task %s accepted from %s", task_id, message["origin"])
+
+    def on_cancel(self, message: Message) -> bool:
+        job = self.jobs.get(message["task_id"])
+        if job is None:
+            return False
+        self.node.executor.cancel(job.task_id)
+        return True
+
+    def origin_lost(self, origin_id: str) -> None:
+        """The origin died or left: nobody will read these tokens."""
+        for job in list(self.jobs.values()):
+            if job.origin_id == origin_id:
+                self.jobs.pop(job.task_id)
+                self.node.executor.cancel(job.task_id)
+
+    def abandon_all(self, reason: str) -> None:
+        """This node is stopping: tell each origin its task must move elsewhere."""
+        for job in list(self.jobs.values()):
+            self.jobs.pop(job.task_id)
+            self.node.reply_error(job.origin_identity, "peer_dead",
+                                  f"{self.node.settings.name}: {reason} after {job.next_seq} tokens",
+                                  task_id=job.task_id, retryable=True)
+            self.node.executor.cancel(job.task_id)
+
+    def _on_token(self, job: RemoteJob, chunk: TokenChunk) -> None:
+        if job.task_id not in self.jobs:
+            return
+        sent = self.node.reply(job.origin_identity, "TOKEN", task_id=job.task_id, seq=job.next_seq,
+                               text=chunk.text, ids=list(chunk.ids))
+        job.next_seq += 1
+        if sent is not Sent.OK:
+            log.warning("task %s: origin %s %s, cancelling", job.task_id, job.origin_id, sent.value)
+            self.jobs.pop(job.task_id, None)
+            self.node.executor.cancel(job.task_id)
+
+    def _on_end(self, job: RemoteJob, outcome: GenerationResult | EngineError, timings: dict[str, float]) -> None:
+        if self.jobs.pop(job.task_id, None) is None:
+            return
+        name = self.node.settings.name
+        if isinstance(outcome, EngineError):
+            self.node.reply_error(job.origin_identity, outcome.code, outcome.message, task_id=job.task_id)
+            return
+        self.node.reply(job.origin_identity, "DONE", task_id=job.task_id, **done_fields(name, outcome, timings))

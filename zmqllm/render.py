@@ -1,0 +1,49 @@
+"""Plain-text renderings of listings for terminals (the JSON forms are the data)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def peer_table(rows: list[dict[str, Any]]) -> str:
+    """`zmqllm peers`: this node marked with *."""
+    body = [
+        [
+            ("*" if r["self"] else " ") + r["name"],
+            r["state"],
+            r["endpoint"],
+            ",".join(r["models"]),
+            f"{r['slots']['busy']}/{r['slots']['total']}",
+            str(r["queued"]),
+            f"{r['tok_s']:.1f}",
+            f"{r['heartbeat_age_s']:.1f}s",
+        ]
+        for r in rows
+    ]
+    return table(["NAME", "STATE", "ENDPOINT", "MODELS", "SLOTS", "QUEUED", "TOK/S", "HEARD"], body)
+
+
+def status_lines(info: dict[str, Any]) -> str:
+    """`zmqllm status`: one `key: value` per line."""
+    tasks = info["tasks"]
+    peers = info["peers"]
+    return "\n".join(
+        [
+            f"name:      {info['name']} ({info['node_id']})",
+            f"endpoint:  {info['endpoint']}",
+            f"models:    {', '.join(info['models'])} ({info['slots']} slots)",
+            f"uptime:    {info['uptime_s']:.1f}s",
+            f"tasks:     {tasks['running']} running, {tasks['queued']} queued, {tasks['done']} done, "
+            f"{tasks['routing']} in flight as origin",
+            f"peers:     " + ", ".join(f"{n} {state}" for state, n in peers.items() if n) if any(peers.values())
+            else "peers:     none",
+            f"version:   {info['version']} (protocol {info['protocol_version']})",
+        ]
+    )

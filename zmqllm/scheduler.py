@@ -1,0 +1,100 @@
+"""Where a task runs. Pure: fed peer states, returns a decision.
+
+The origin picks, among live nodes serving the model, the one with the least
+outstanding work per slot. Outstanding work is the larger of what the node's
+last heartbeat reported and what this origin has itself handed it since — so a
+burst of submissions spreads at once instead of piling on whoever looked idle
+half a second ago. Ties go to this node (no network hop), then by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A node as the scheduler sees it."""
+
+    name: str
+    models: tuple[str, ...]
+    state: str
+    slots: int
+    reported_work: int
+    assigned_by_me: int
+    is_self: bool = False
+
+    @property
+    def outstanding(self) -> int:
+        return max(self.reported_work, self.assigned_by_me)
+
+
+@dataclass(frozen=True)
+class NoRoute(Exception):
+    """No node can take the task; `code` is the protocol error code."""
+
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def resolve_model(candidates: Sequence[Candidate], model: str | None) -> str:
+    """The model a task asks for: the one named, or the only one the mesh serves."""
+    served = sorted({m for c in candidates if c.state in ("alive", "suspect") for m in c.models})
+    if model is not None:
+        return model
+    if len(served) == 1:
+        return served[0]
+    if not served:
+        raise NoRoute("no_peer_for_model", "no live node serves any model")
+    raise NoRoute("bad_request", f"the mesh serves several models ({', '.join(served)}): name one with --model")
+
+
+def choose_executor(
+    candidates: Sequence[Candidate],
+    model: str | None,
+    pinned: str | None = None,
+    exclude: Collection[str] = (),
+) -> tuple[Candidate, str]:
+    """Pick the node to run a task and the model name it resolves to.
+
+    Raises `NoRoute` with `peer_unknown`, `peer_dead`, `no_peer_for_model` or
+    `bad_request` (several models, none named)."""
+    if pinned is not None:
+        target = next((c for c in candidates if c.name == pinned), None)
+        if target is None:
+            raise NoRoute("peer_unknown", f"no node named {pinned!r} in the mesh")
+        if target.state not in ("alive", "suspect"):
+            raise NoRoute("peer_dead", f"node {pinned!r} is {target.state}")
+        chosen_model = model if model is not None else _only_model(target)
+        if chosen_model not in target.models:
+            raise NoRoute(
+                "no_peer_for_model", f"node {pinned!r} does not serve {chosen_model!r} (it serves {_names(target.models)})"
+            )
+        return target, chosen_model
+    chosen_model = resolve_model(candidates, model)
+    able = [
+        c
+        for c in candidates
+        if c.state in ("alive", "suspect") and chosen_model in c.models and c.name not in exclude
+    ]
+    if not able:
+        served = sorted({m for c in candidates if c.state in ("alive", "suspect") for m in c.models})
+        raise NoRoute(
+            "no_peer_for_model", f"no live node serves model {chosen_model!r} (the mesh serves {_names(served)})"
+        )
+    best = min(able, key=lambda c: (c.outstanding / max(1, c.slots), c.state != "alive", not c.is_self, c.name))
+    return best, chosen_model
+
+
+def _only_model(target: Candidate) -> str:
+    if len(target.models) == 1:
+        return target.models[0]
+    raise NoRoute("bad_request", f"node {target.name!r} serves several models ({_names(target.models)}): name one")
+
+
+def _names(models: Collection[str]) -> str:
+    return ", ".join(models) if models else "nothing"

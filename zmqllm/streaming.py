@@ -1,0 +1,71 @@
+"""`zmqllm submit`'s loop: stream one task's events to a terminal or as JSON Lines.
+
+Ctrl-C once cancels the task on the mesh and still waits (bounded) for its
+`done`, so nothing keeps running unseen; Ctrl-C twice leaves at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import uuid
+from typing import Any
+
+from zmqllm.client import AsyncClient
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def _summary(done: dict[str, Any]) -> str:
+    usage, timings = done.get("usage", {}), done.get("timings", {})
+    return (f"[{done.get('finish_reason')} on {done.get('executed_by') or '-'}: "
+            f"{usage.get('completion_tokens', 0)} tokens, {timings.get('decode_tok_s', 0):.1f} tok/s, "
+            f"ttft {timings.get('ttft_ms', 0):.0f} ms]")
+
+
+async def stream_task(connect: str, timeout: float, as_json: bool, prompt: str, *, task_id: str | None,
+                      **submit: Any) -> int:
+    """Run one task and print it; returns the exit code."""
+    task_id = task_id or uuid.uuid4().hex
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with AsyncClient(connect, timeout) as client:
+        stream = client.submit(prompt, task_id=task_id, **submit)
+        main_task = asyncio.current_task()
+
+        def on_sigint() -> None:
+            if interrupted.is_set() and main_task is not None:
+                main_task.cancel()
+                return
+            interrupted.set()
+            loop.create_task(client.cancel(task_id))
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            return await _print_events(stream, as_json, interrupted)
+        except asyncio.CancelledError:
+            return EXIT_INTERRUPTED
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _print_events(stream: Any, as_json: bool, interrupted: asyncio.Event) -> int:
+    async for event in stream:
+        kind = event["type"]
+        if as_json:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+        elif kind == "token":
+            sys.stdout.write(event["text"])
+            sys.stdout.flush()
+        elif kind == "done":
+            sys.stdout.write("\n")
+            print(_summary(event), file=sys.stderr)
+        if kind == "error":
+            print(f"error: {event['code']}: {event['message']}", file=sys.stderr)
+            return EXIT_FAILED
+        if kind == "done":
+            return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_OK
+    return EXIT_FAILED
