@@ -92,7 +92,9 @@ def daemon(config_path: str | None, **flags: Any) -> None:
         raise CliError(str(exc), EXIT_USAGE) from None
     from zmqllm import logs
     from zmqllm.daemon import DaemonError, serve
+    from zmqllm.launcher import bind_to_parent
 
+    bind_to_parent()
     logs.configure(config.log_level, config.json_logs)
     try:
         asyncio.run(serve(config))

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from zmqllm import protocol
 from zmqllm.protocol import Message, ProtocolError
+from zmqllm.transport import Channel, Sent
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_TOKENS = 128
@@ -60,32 +60,27 @@ class AsyncClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self.client_id = "client-" + secrets.token_hex(4)
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._ctx: zmq.Context | None = None
+        self._channel: Channel | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._streams: dict[str, asyncio.Queue[Message]] = {}
 
     async def __aenter__(self) -> AsyncClient:
-        self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(self.endpoint)
-        self._reader = asyncio.create_task(self._read())
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self._channel = Channel(sock, self._on_frames)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -157,28 +152,26 @@ class AsyncClient:
     # -- socket --------------------------------------------------------------------------
 
     def _send(self, type_: str, **fields: Any) -> Message:
-        if self._sock is None:
+        if self._channel is None:
             raise RuntimeError("client is not open: use `async with AsyncClient(...)`")
         message = protocol.make(type_, src=self.client_id, id=next(self._ids), **fields)
-        self._sock.send(protocol.encode(message), flags=zmq.DONTWAIT)
+        if self._channel.send([protocol.encode(message)]) is not Sent.OK:
+            raise MeshUnreachable(self.endpoint, self.timeout)  # its queue is full: it has not answered
         return message
 
-    async def _read(self) -> None:
-        assert self._sock is not None
-        while True:
-            frame = await self._sock.recv()
-            try:
-                message = protocol.decode(frame)
-            except ProtocolError:
-                continue
-            task_id = message.get("task_id")
-            queue = self._streams.get(task_id) if isinstance(task_id, str) else None
-            if queue is not None:
-                queue.put_nowait(message)
-                continue
-            future = self._pending.get(message.re) if message.re is not None else None
-            if future is not None and not future.done():
-                future.set_result(message)
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            message = protocol.decode(frames[-1])
+        except ProtocolError:
+            return
+        task_id = message.get("task_id")
+        queue = self._streams.get(task_id) if isinstance(task_id, str) else None
+        if queue is not None:
+            queue.put_nowait(message)
+            return
+        future = self._pending.get(message.re) if message.re is not None else None
+        if future is not None and not future.done():
+            future.set_result(message)
 
 
 class Client:

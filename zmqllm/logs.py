@@ -27,6 +27,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, default=str)
 
 
+LIFECYCLE_LOGGER = "zmqllm.daemon"
+"""Its lines (ready, stopped) are shown at every log level: scripts wait for them."""
+
+
 def configure(level: str = "info", json_lines: bool = False) -> None:
     """Send every zmqllm log record to stderr at `level`."""
     handler = logging.StreamHandler(sys.stderr)
@@ -39,3 +43,4 @@ def configure(level: str = "info", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(LIFECYCLE_LOGGER).setLevel(logging.INFO)

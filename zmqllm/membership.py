@@ -10,6 +10,7 @@ one under the same name) makes it alive again: rejoining needs no operator.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -76,7 +77,8 @@ class Load:
     def from_fields(cls, load: dict[str, Any]) -> Load:
         def number(key: str, kind: type) -> Any:
             value = load.get(key, 0)
-            return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else kind(0)
+            usable = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return kind(value) if usable else kind(0)
 
         return cls(number("active", int), number("queued", int), number("slots", int), number("tok_s", float))
 
@@ -124,7 +126,11 @@ class PeerTable:
 
     def observe(self, identity: Identity, now: float, load: Load | None = None) -> Change:
         """Record a HELLO/WELCOME/HEARTBEAT. Raises `NameTaken` when a different
-        live node (another endpoint) already holds `identity.name`."""
+        live node (another endpoint) already holds `identity.name`. Hearing this
+        node's own identity (a seed that is another spelling of its own address)
+        changes nothing."""
+        if identity.node_id == self.me.node_id:
+            return "updated"
         if identity.name == self.me.name and identity.node_id != self.me.node_id:
             raise NameTaken(f"name {identity.name!r} is this node's own name ({self.me.endpoint})")
         peer = self._peers.get(identity.node_id)

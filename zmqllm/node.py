@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from zmqllm import __version__, protocol
 from zmqllm.engines.base import Engine
@@ -31,13 +30,14 @@ from zmqllm.protocol import Message, ProtocolError
 from zmqllm.remote import RemoteTasks
 from zmqllm.transport import (
     SHUTDOWN_LINGER_MS,
+    Channel,
+    Outbox,
     Sent,
     advertised_endpoint,
     bind_router,
     connect_dealer,
     is_endpoint,
     is_loopback,
-    try_send,
 )
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ class Link:
     """This node's DEALER to one peer endpoint."""
 
     endpoint: str
-    socket: zmq.asyncio.Socket
-    reader: asyncio.Task[None] | None = None
+    channel: Channel
     node_id: str | None = None
 
 
@@ -85,8 +84,9 @@ class Node:
         self.node_id = secrets.token_hex(8)
         self.started_at = clock()
         self.executor = Executor(engine, settings.queue_limit)
-        self.ctx = zmq.asyncio.Context()
-        self.router: zmq.asyncio.Socket | None = None
+        self.ctx = zmq.Context()
+        self.router: Channel | None = None
+        self._outboxes: dict[bytes, Outbox] = {}
         self.endpoint = ""
         self.table: PeerTable | None = None
         self.links: dict[str, Link] = {}
@@ -101,14 +101,14 @@ class Node:
 
     async def run(self, on_ready: Callable[[Node], None] | None = None) -> None:
         """Serve until `stop()` (or SIGTERM/SIGINT when installed); say BYE on the way out."""
-        self.router, bound = bind_router(self.ctx, self.settings.bind)
+        router, bound = bind_router(self.ctx, self.settings.bind)
+        self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
         self.endpoint = advertised_endpoint(bound, self.settings.advertise)
         if not is_loopback(bound):
             log.warning("bound %s: traffic is plaintext and unauthenticated (no CURVE yet)", bound)
         me = Identity(self.node_id, self.settings.name, self.endpoint, self.engine.models, self.engine.slots)
         self.table = PeerTable(me, self.settings.liveness, self.clock())
-        loops = [asyncio.create_task(self._read_router(), name="router"),
-                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        loops = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                  asyncio.create_task(self._liveness_loop(), name="liveness")]
         for seed in self.settings.peers:
             self.dial(seed)
@@ -135,14 +135,14 @@ class Node:
         self.origin.fail_all("internal", f"node {self.settings.name} stopped before the task finished")
         bye = self.message("BYE", node_id=self.node_id, name=self.settings.name)
         for link in self.links.values():
-            try_send(link.socket, [protocol.encode(bye)])
-        for task in loops + [link.reader for link in self.links.values() if link.reader]:
+            link.channel.send([protocol.encode(bye)])
+        for task in loops:
             task.cancel()
-        await asyncio.gather(*loops, *[l.reader for l in self.links.values() if l.reader], return_exceptions=True)
+        await asyncio.gather(*loops, return_exceptions=True)
         for link in self.links.values():
-            link.socket.close(linger=SHUTDOWN_LINGER_MS)
+            link.channel.close(SHUTDOWN_LINGER_MS)
         if self.router is not None:
-            self.router.close(linger=SHUTDOWN_LINGER_MS)
+            self.router.close(SHUTDOWN_LINGER_MS)
         self.ctx.term()
 
     def fatal(self, error: FatalNodeError) -> None:
@@ -155,22 +155,32 @@ class Node:
     def message(self, type_: str, *, re: int | None = None, **fields: Any) -> Message:
         return protocol.make(type_, src=self.node_id, id=next(self._ids), re=re, **fields)
 
-    def reply(self, identity: bytes, type_: str, *, re: int | None = None, **fields: Any) -> Sent:
-        """Send on the ROUTER to whoever `identity` is (a client or a peer's DEALER)."""
+    def reply(self, identity: bytes, type_: str, *, re: int | None = None, final: bool = False,
+              **fields: Any) -> Sent:
+        """Send on the ROUTER to whoever `identity` is (a client or a peer's DEALER),
+        in order, through its outbox when its queue is full. `final` messages (a
+        task's last word) are queued even past the outbox's bound."""
         assert self.router is not None
         frame = protocol.encode(self.message(type_, re=re, **fields))
-        return try_send(self.router, [identity, frame])
+        outbox = self._outboxes.get(identity)
+        if outbox is None:
+            sent = self.router.send([identity, frame])
+            if sent is not Sent.FULL:
+                return sent
+            outbox = self._outboxes[identity] = Outbox(self.router, on_empty=lambda: self._outboxes.pop(identity, None))
+        return outbox.send([identity, frame], force=final)
 
     def reply_error(self, identity: bytes, code: str, text: str, *, re: int | None = None,
                     task_id: str | None = None, retryable: bool = False) -> Sent:
-        return self.reply(identity, "ERROR", re=re, code=code, message=text, retryable=retryable, task_id=task_id)
+        return self.reply(identity, "ERROR", re=re, final=True, code=code, message=text, retryable=retryable,
+                          task_id=task_id)
 
     def send_to_peer(self, node_id: str, type_: str, **fields: Any) -> Sent:
         """Send through this node's DEALER to a peer (UNREACHABLE if none is open)."""
         link = self.link_for(node_id)
         if link is None:
             return Sent.UNREACHABLE
-        return try_send(link.socket, [protocol.encode(self.message(type_, **fields))])
+        return link.channel.send([protocol.encode(self.message(type_, **fields))])
 
     def link_for(self, node_id: str) -> Link | None:
         peer = self.table.get(node_id) if self.table else None
@@ -189,15 +199,15 @@ class Node:
         """Open a DEALER to `endpoint` (once) and introduce ourselves."""
         if endpoint == self.endpoint or endpoint in self.links or not is_endpoint(endpoint):
             return
-        link = Link(endpoint, connect_dealer(self.ctx, endpoint, self.node_id))
-        link.reader = asyncio.create_task(self._read_dealer(link), name=f"dealer {endpoint}")
+        sock = connect_dealer(self.ctx, endpoint, self.node_id)
+        link = Link(endpoint, Channel(sock, lambda frames: self._on_dealer_frames(link, frames), DRAIN_BATCH))
         self.links[endpoint] = link
         log.debug("dialing %s", endpoint)
         self._say_hello(link)
 
     def _say_hello(self, link: Link) -> None:
         hello = self.message("HELLO", **self.identity().as_fields())
-        try_send(link.socket, [protocol.encode(hello)])
+        link.channel.send([protocol.encode(hello)])
 
     def _observe(self, fields: Any, load: Load | None, reply_to: bytes | None) -> bool:
         """Record a peer's identity; a name clash is refused (and fatal to the newcomer)."""
@@ -246,36 +256,13 @@ class Node:
             for link in list(self.links.values()):
                 peer = self.table.get(link.node_id) if link.node_id else None
                 if peer is not None and peer.state in ("alive", "suspect"):
-                    try_send(link.socket, [frame])
+                    link.channel.send([frame])
                 else:
                     self._say_hello(link)
             next_beat += interval
             await asyncio.sleep(max(0.0, next_beat - self.clock()))
 
     # -- receiving ------------------------------------------------------------------------
-
-    async def _read_router(self) -> None:
-        assert self.router is not None
-        while True:
-            frames = await self.router.recv_multipart()
-            for _ in range(DRAIN_BATCH):
-                self._on_router_frames(frames)
-                future = self.router.recv_multipart(flags=zmq.DONTWAIT)
-                if future.exception() is not None:
-                    break
-                frames = future.result()
-            await asyncio.sleep(0)
-
-    async def _read_dealer(self, link: Link) -> None:
-        while True:
-            frames = await link.socket.recv_multipart()
-            for _ in range(DRAIN_BATCH):
-                self._on_dealer_frames(link, frames)
-                future = link.socket.recv_multipart(flags=zmq.DONTWAIT)
-                if future.exception() is not None:
-                    break
-                frames = future.result()
-            await asyncio.sleep(0)
 
     def _on_router_frames(self, frames: list[bytes]) -> None:
         identity, payload = frames[0], frames[-1]

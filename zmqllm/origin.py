@@ -15,7 +15,7 @@ from zmqllm.engines.base import SAMPLING_KEYS, EngineError, GenerationRequest, G
 from zmqllm.protocol import Message
 from zmqllm.scheduler import Candidate, NoRoute, choose_executor
 from zmqllm.tasks import OriginTask, TaskSpec, done_fields
-from zmqllm.transport import Sent
+from zmqllm.transport import OUTBOX_LIMIT, Sent
 
 if TYPE_CHECKING:
     from zmqllm.node import Node
@@ -205,6 +205,8 @@ class Origin:
         self._to_clients(task, "TOKEN", task_id=task.task_id, seq=out_seq, text=text, ids=ids)
 
     def _end_done(self, task: OriginTask, fields: dict[str, Any]) -> None:
+        if task.finished:
+            return
         done = task.finish(fields)
         log.info("task %s done on %s (%s, %d tokens)", task.task_id, task.executor_name, done.get("finish_reason"),
                  len(task.tokens))
@@ -214,11 +216,11 @@ class Origin:
     def _end_error(self, task: OriginTask, code: str, text: str, retryable: bool = False) -> None:
         if task.finished:
             return
+        error = task.fail(code, text, retryable)  # first, so the executor's own ending is ignored
         if task.executor_id and task.executor_id != self.node.node_id:
             self.node.send_to_peer(task.executor_id, "CANCEL", task_id=task.task_id)
         elif task.executor_id:
             self.node.executor.cancel(task.task_id)
-        error = task.fail(code, text, retryable)
         log.info("task %s failed: %s: %s", task.task_id, code, text)
         self._to_clients(task, "ERROR", **error)
         self._forget_old()
@@ -235,18 +237,22 @@ class Origin:
 
     def _send_final(self, client: bytes, task: OriginTask) -> None:
         assert task.final is not None and task.final_type is not None
-        self.node.reply(client, task.final_type, **task.final)
+        self.node.reply(client, task.final_type, final=True, **task.final)
 
     def _to_clients(self, task: OriginTask, type_: str, **fields: Any) -> None:
+        final = type_ in ("DONE", "ERROR")
         clients = self.clients.get(task.task_id, [])
         for client in list(clients):
-            sent = self.node.reply(client, type_, **fields)
-            if sent is not Sent.OK:
-                clients.remove(client)
+            sent = self.node.reply(client, type_, final=final, **fields)
+            if sent is Sent.OK:
+                continue
+            clients.remove(client)
+            if sent is Sent.FULL:
+                self.node.reply_error(client, "slow_client", f"task {task.task_id} cancelled: this client stopped "
+                                      f"reading ({OUTBOX_LIMIT} messages waiting)", task_id=task.task_id)
         if not clients and not task.finished:
-            # Nobody is listening any more (disconnected, or not reading): stop the work.
-            log.info("task %s: client gone or not reading, cancelling", task.task_id)
-            self._end_error(task, "internal", "the client stopped reading; task cancelled")
+            log.info("task %s: no client reading any more, cancelling", task.task_id)
+            self._cancel(task)
 
     def _forget_old(self) -> None:
         finished = [tid for tid, t in self.tasks.items() if t.finished]

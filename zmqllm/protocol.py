@@ -10,7 +10,7 @@ the same order as the table in docs/protocol.md. Pure: no sockets, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ ERROR_CODES = frozenset(
         "deadline",
         "engine_failed",
         "task_unknown",
+        "slow_client",
         "internal",
     }
 )
@@ -152,9 +153,11 @@ class Message:
 
 
 def make(type_: str, *, src: str = "", id: int = 0, re: int | None = None, **fields: Any) -> Message:
-    """Build a message, validating it as `decode` would (a bug here is ours, so
-    it raises `ProtocolError` rather than sending something peers would refuse)."""
+    """Build a message, validating it as `decode` would: what this raises on
+    (`ProtocolError`) is what a peer would refuse. None-valued fields are left out."""
     fields = {k: v for k, v in fields.items() if v is not None}
+    if not isinstance(src, str) or not _is_int(id) or (re is not None and not _is_int(re)):
+        raise ProtocolError("malformed", f"{type_}: envelope needs a string src and integer id/re")
     _validate(type_, fields, id)
     return Message(type_, fields, id, src, re)
 
@@ -180,7 +183,7 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError("malformed", f"message must be a map, got {type(body).__name__}")
     ref = body.get("id") if isinstance(body.get("id"), int) and not isinstance(body.get("id"), bool) else None
     version = body.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             "protocol_version", f"protocol version {version!r} not supported (this node speaks {PROTOCOL_VERSION})", ref
         )
@@ -201,30 +204,34 @@ def decode(frame: bytes) -> Message:
 
 
 def _validate(type_: str, fields: Mapping[str, Any], ref: int | None) -> None:
-    spec = MESSAGE_FIELDS.get(type_)
+    spec = _COMPILED.get(type_)
     if spec is None:
         raise ProtocolError("unknown_type", f"unknown message type {type_!r}", ref)
-    for name in fields:
-        if name not in spec:
-            raise ProtocolError("bad_request", f"{type_}: unexpected field {name!r}", ref)
-    for name, kind in spec.items():
-        optional = kind.endswith(_OPTIONAL)
-        kind = kind.rstrip(_OPTIONAL)
+    allowed, checks = spec
+    if not allowed.issuperset(fields):
+        name = next(n for n in fields if n not in allowed)
+        raise ProtocolError("bad_request", f"{type_}: unexpected field {name!r}", ref)
+    for name, kind, check, optional in checks:
         if name not in fields:
             if optional:
                 continue
             raise ProtocolError("bad_request", f"{type_}: missing field {name!r}", ref)
-        if not _check_field(kind, fields[name]):
+        if not check(fields[name]):
             got = type(fields[name]).__name__
             raise ProtocolError("bad_request", f"{type_}: field {name!r} must be {kind}, got {got}", ref)
 
 
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int and _INT_MIN <= value <= _INT_MAX
 
 
 def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _INT_MIN <= value <= _INT_MAX
+    return value is None or isinstance(value, (str, float, bool))
 
 
 def _is_plain(value: Any, depth: int = 0) -> bool:
@@ -240,24 +247,26 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _check_field(kind: str, value: Any) -> bool:
-    if kind == STR:
-        return isinstance(value, str)
-    if kind == INT:
-        return _is_int(value)
-    if kind == NUM:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == BOOL:
-        return isinstance(value, bool)
-    if kind == STRS:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if kind == INTS:
-        return isinstance(value, list) and all(_is_int(v) for v in value)
-    if kind == MAP:
-        return isinstance(value, dict) and _is_plain(value)
-    if kind == MAPS:
-        return isinstance(value, list) and all(isinstance(v, dict) and _is_plain(v, 1) for v in value)
-    raise AssertionError(f"unknown field kind {kind}")
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    STR: lambda v: isinstance(v, str),
+    INT: _is_int,
+    NUM: lambda v: (isinstance(v, float) or _is_int(v)),
+    BOOL: lambda v: isinstance(v, bool),
+    STRS: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+    MAP: lambda v: isinstance(v, dict) and _is_plain(v),
+    MAPS: lambda v: isinstance(v, list) and all(isinstance(x, dict) and _is_plain(x, 1) for x in v),
+}
+
+_COMPILED: dict[str, tuple[frozenset[str], tuple[tuple[str, str, Callable[[Any], bool], bool], ...]]] = {
+    type_: (
+        frozenset(spec),
+        tuple((name, kind.rstrip(_OPTIONAL), _CHECKS[kind.rstrip(_OPTIONAL)], kind.endswith(_OPTIONAL))
+              for name, kind in spec.items()),
+    )
+    for type_, spec in MESSAGE_FIELDS.items()
+}
+"""MESSAGE_FIELDS turned into checks once, so validating a token costs microseconds."""
 
 
 def error(code: str, message: str, *, src: str, re: int | None = None, task_id: str | None = None,

@@ -46,7 +46,7 @@ class RemoteTasks:
             node.reply(origin, "ACCEPT", re=message.id, task_id=task_id)
             return
         if message["model"] not in node.engine.models:
-            node.reply(origin, "REJECT", re=message.id, task_id=task_id, code="no_peer_for_model",
+            node.reply(origin, "REJECT", re=message.id, final=True, task_id=task_id, code="no_peer_for_model",
                        message=f"{node.settings.name} does not serve {message['model']!r}")
             return
         job = RemoteJob(task_id, origin, message.src)
@@ -56,7 +56,7 @@ class RemoteTasks:
         if not node.executor.submit(task_id, request, lambda chunk: self._on_token(job, chunk),
                                     lambda outcome, timings: self._on_end(job, outcome, timings)):
             del self.jobs[task_id]
-            node.reply(origin, "REJECT", re=message.id, task_id=task_id, code="busy",
+            node.reply(origin, "REJECT", re=message.id, final=True, task_id=task_id, code="busy",
                        message=f"{node.settings.name} is busy ({node.executor.queued} queued)")
             return
         node.reply(origin, "ACCEPT", re=message.id, task_id=task_id)
@@ -91,10 +91,16 @@ class RemoteTasks:
         sent = self.node.reply(job.origin_identity, "TOKEN", task_id=job.task_id, seq=job.next_seq,
                                text=chunk.text, ids=list(chunk.ids))
         job.next_seq += 1
-        if sent is not Sent.OK:
-            log.warning("task %s: origin %s %s, cancelling", job.task_id, job.origin_id, sent.value)
+        if sent is Sent.UNREACHABLE:
+            log.warning("task %s: origin %s unreachable, cancelling", job.task_id, job.origin_id)
             self.jobs.pop(job.task_id, None)
             self.node.executor.cancel(job.task_id)
+        elif sent is Sent.FULL:
+            log.warning("task %s: origin %s not reading, cancelling", job.task_id, job.origin_id)
+            self.jobs.pop(job.task_id, None)
+            self.node.executor.cancel(job.task_id)
+            self.node.reply_error(job.origin_identity, "slow_client", f"{self.node.settings.name}: origin stopped "
+                                  "reading the task's tokens", task_id=job.task_id, retryable=True)
 
     def _on_end(self, job: RemoteJob, outcome: GenerationResult | EngineError, timings: dict[str, float]) -> None:
         if self.jobs.pop(job.task_id, None) is None:
@@ -103,4 +109,5 @@ class RemoteTasks:
         if isinstance(outcome, EngineError):
             self.node.reply_error(job.origin_identity, outcome.code, outcome.message, task_id=job.task_id)
             return
-        self.node.reply(job.origin_identity, "DONE", task_id=job.task_id, **done_fields(name, outcome, timings))
+        self.node.reply(job.origin_identity, "DONE", final=True, task_id=job.task_id,
+                        **done_fields(name, outcome, timings))

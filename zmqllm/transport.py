@@ -7,12 +7,14 @@ messages for unknown or full peers without a word.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 import socket
+from collections import deque
+from collections.abc import Callable
 
 import zmq
-import zmq.asyncio
 
 from zmqllm.protocol import MAX_MESSAGE_BYTES
 
@@ -20,6 +22,10 @@ ROUTER_SEND_HWM = 10_000
 """Messages queued per connection on the ROUTER before a send reports `FULL`."""
 DEALER_SEND_HWM = 1_000
 """Messages queued to one peer on its DEALER (membership and control traffic)."""
+OUTBOX_LIMIT = 100_000
+"""Frames held for one receiver whose queue is full before sends to it report `FULL`."""
+OUTBOX_RETRY_S = 0.002
+"""How soon a backed-up outbox tries again."""
 SHUTDOWN_LINGER_MS = 500
 """How long closing sockets may take to flush BYE and final errors."""
 _ENDPOINT = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d{1,5}|\*)$|^ipc://\S+$")
@@ -42,7 +48,7 @@ def is_endpoint(text: str) -> bool:
     return port is None or port == "*" or int(port) <= 65535
 
 
-def bind_router(ctx: zmq.asyncio.Context, endpoint: str) -> tuple[zmq.asyncio.Socket, str]:
+def bind_router(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, str]:
     """Bind the node's ROUTER; port 0 or `*` picks a free port. Returns the socket and
     the endpoint it really listens on."""
     sock = ctx.socket(zmq.ROUTER)
@@ -60,7 +66,7 @@ def bind_router(ctx: zmq.asyncio.Context, endpoint: str) -> tuple[zmq.asyncio.So
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def connect_dealer(ctx: zmq.asyncio.Context, endpoint: str, identity: str) -> zmq.asyncio.Socket:
+def connect_dealer(ctx: zmq.Context, endpoint: str, identity: str) -> zmq.Socket:
     """A DEALER to one peer's ROUTER, identified by this node's id so replies route back."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.ROUTING_ID, identity.encode())
@@ -71,17 +77,126 @@ def connect_dealer(ctx: zmq.asyncio.Context, endpoint: str, identity: str) -> zm
     return sock
 
 
-def try_send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> Sent:
-    """Send without blocking; report a full queue or a vanished receiver."""
-    future = sock.send_multipart(frames, flags=zmq.DONTWAIT, copy=False)
-    error = future.exception() if future.done() else None
-    if error is None:
+class Channel:
+    """A ZeroMQ socket driven by the asyncio loop: reads handed to `handle`, sends
+    that never block.
+
+    The socket's FD is edge-triggered: it signals that libzmq has work, not that
+    a message waits, and a send can swallow the signal for a message that just
+    arrived. So the channel drains until `zmq.Again`, and after every send
+    schedules one more drain (at most one per loop turn) instead of trusting
+    the FD. Plain sync sockets, no future per message: that keeps a token's
+    relay cost at a few microseconds."""
+
+    def __init__(self, sock: zmq.Socket, handle: Callable[[list[bytes]], None], batch: int = 256) -> None:
+        self.socket = sock
+        self._handle = handle
+        self._batch = batch
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.getsockopt(zmq.FD)
+        self._drain_scheduled = False
+        self._loop.add_reader(self._fd, self._drain)
+        self._schedule_drain()
+
+    def send(self, frames: list[bytes]) -> Sent:
+        """Send without blocking; report a full queue or a vanished receiver."""
+        try:
+            self.socket.send_multipart(frames, flags=zmq.DONTWAIT)
+        except zmq.Again:
+            return Sent.FULL
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return Sent.UNREACHABLE
+            raise
+        finally:
+            self._schedule_drain()
         return Sent.OK
-    if isinstance(error, zmq.Again):
-        return Sent.FULL
-    if isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH:
-        return Sent.UNREACHABLE
-    raise error
+
+    def close(self, linger_ms: int = 0) -> None:
+        if not self.socket.closed:
+            self._loop.remove_reader(self._fd)
+            self.socket.close(linger=linger_ms)
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Read what is queued, `batch` at a time so other callbacks get turns."""
+        self._drain_scheduled = False
+        if self.socket.closed:
+            return
+        for _ in range(self._batch):
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.DONTWAIT)
+            except zmq.Again:
+                return
+            self._handle(frames)
+            if self.socket.closed:
+                return
+        self._schedule_drain()  # more may be queued: continue next turn
+
+
+class Outbox:
+    """Frames for one receiver, kept in order while its queue is full.
+
+    ZeroMQ's high-water mark is the first buffer; this is the second, bounded
+    one: a fast producer (an echo engine, a GPU) can outrun a relay for a
+    moment without anything being dropped or reordered. Past `limit`, `send`
+    reports `FULL` and the caller decides (cancel the task); `send(..., force=True)`
+    still queues — for the one final message that must get through."""
+
+    def __init__(self, channel: Channel, limit: int = OUTBOX_LIMIT,
+                 on_empty: Callable[[], None] | None = None) -> None:
+        self.channel = channel
+        self.limit = limit
+        self._pending: deque[list[bytes]] = deque()
+        self._retry: asyncio.TimerHandle | None = None
+        self._on_empty = on_empty
+        self.unreachable = False
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def send(self, frames: list[bytes], force: bool = False) -> Sent:
+        if self.unreachable:
+            return Sent.UNREACHABLE
+        if not self._pending:
+            sent = self.channel.send(frames)
+            if sent is not Sent.FULL:
+                self.unreachable = sent is Sent.UNREACHABLE
+                return sent
+        elif len(self._pending) >= self.limit and not force:
+            return Sent.FULL
+        self._pending.append(frames)
+        self._schedule_retry()
+        return Sent.OK
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(OUTBOX_RETRY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._retry = None
+        while self._pending:
+            sent = self.channel.send(self._pending[0])
+            if sent is Sent.FULL:
+                self._schedule_retry()
+                return
+            if sent is Sent.UNREACHABLE:
+                self.unreachable = True
+                self._pending.clear()
+                break
+            self._pending.popleft()
+        if self._on_empty is not None:
+            self._on_empty()
+
+    def cancel(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._pending.clear()
 
 
 def advertised_endpoint(bound: str, advertise: str | None) -> str:

@@ -1,0 +1,195 @@
+"""Placement, fed candidate lists (no peers, no sockets)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqllm.scheduler import Candidate, NoRoute, choose_executor, resolve_model
+
+LIVE = ("alive", "suspect")
+
+
+def cand(name: str, *, models: tuple[str, ...] = ("gemma",), state: str = "alive", slots: int = 1,
+         reported: int = 0, assigned: int = 0, is_self: bool = False) -> Candidate:
+    return Candidate(name, models, state, slots, reported, assigned, is_self)
+
+
+def chosen(candidates: list[Candidate], model: str | None = "gemma", **kwargs: object) -> str:
+    return choose_executor(candidates, model, **kwargs)[0].name  # type: ignore[arg-type]
+
+
+def no_route(candidates: list[Candidate], model: str | None = "gemma", **kwargs: object) -> NoRoute:
+    with pytest.raises(NoRoute) as info:
+        choose_executor(candidates, model, **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+# -- load -------------------------------------------------------------------------------
+
+
+def test_least_outstanding_work_per_slot_wins() -> None:
+    nodes = [cand("a", slots=1, reported=1), cand("b", slots=4, reported=3), cand("c", slots=2, reported=2)]
+    assert chosen(nodes) == "b"  # 0.75 per slot beats 1.0 and 1.0
+
+
+def test_more_slots_can_outweigh_more_work() -> None:
+    assert chosen([cand("a", slots=1, reported=1), cand("b", slots=8, reported=7)]) == "b"
+    assert chosen([cand("a", slots=1, reported=1), cand("b", slots=8, reported=9)]) == "a"
+
+
+def test_assigned_by_me_counts_when_larger_than_reported() -> None:
+    """A burst spreads at once: work this origin handed out counts before heartbeats report it."""
+    nodes = [cand("a", reported=0, assigned=3), cand("b", reported=2, assigned=0)]
+    assert chosen(nodes) == "b"
+    nodes = [cand("a", reported=3, assigned=1), cand("b", reported=2, assigned=2)]
+    assert chosen(nodes) == "b"  # a's outstanding is max(3, 1) = 3, not the sum or the smaller
+    assert cand("x", reported=3, assigned=5).outstanding == 5
+    assert cand("x", reported=6, assigned=5).outstanding == 6
+
+
+def test_ties_prefer_self_then_name() -> None:
+    assert chosen([cand("b"), cand("a"), cand("c")]) == "a"
+    assert chosen([cand("b"), cand("z", is_self=True), cand("a")]) == "z"
+    assert chosen([cand("a", reported=1), cand("z", reported=2, is_self=True)]) == "a"  # load comes first
+
+
+def test_suspect_loses_ties_to_alive() -> None:
+    assert chosen([cand("a", state="suspect"), cand("b")]) == "b"
+    assert chosen([cand("a", state="suspect"), cand("b", reported=1)]) == "a"  # but not a worse load
+    assert chosen([cand("a", state="suspect")]) == "a"  # suspect may still run work
+
+
+@pytest.mark.parametrize("gone", ["dead", "left"])
+def test_dead_and_left_never_chosen(gone: str) -> None:
+    assert chosen([cand("a", state=gone), cand("b", reported=50)]) == "b"
+    assert no_route([cand("a", state=gone)]).code == "no_peer_for_model"
+
+
+def test_exclude_is_honoured() -> None:
+    nodes = [cand("a"), cand("b", reported=1), cand("c", reported=2)]
+    assert chosen(nodes, exclude={"a"}) == "b"
+    assert chosen(nodes, exclude={"a", "b"}) == "c"
+    error = no_route(nodes, exclude={"a", "b", "c"})
+    assert error.code == "no_peer_for_model"
+
+
+def test_only_nodes_serving_the_model() -> None:
+    nodes = [cand("a", models=("qwen",)), cand("b", models=("gemma", "qwen"), reported=5)]
+    assert choose_executor(nodes, "gemma") == (nodes[1], "gemma")
+    error = no_route(nodes, "llama")
+    assert error.code == "no_peer_for_model" and "'llama'" in error.message and "gemma" in error.message
+
+
+# -- pinning -----------------------------------------------------------------------------
+
+
+def test_pinned_node_is_taken_whatever_its_load() -> None:
+    nodes = [cand("a"), cand("b", reported=100, state="suspect")]
+    assert choose_executor(nodes, "gemma", pinned="b") == (nodes[1], "gemma")
+    assert chosen(nodes, pinned="a", exclude={"a"}) == "a"  # a pin is never excluded
+
+
+def test_pinned_unknown() -> None:
+    error = no_route([cand("a")], pinned="zed")
+    assert error.code == "peer_unknown" and "'zed'" in str(error)
+
+
+@pytest.mark.parametrize("gone", ["dead", "left"])
+def test_pinned_dead(gone: str) -> None:
+    error = no_route([cand("a", state=gone), cand("b")], pinned="a")
+    assert error.code == "peer_dead" and gone in error.message
+
+
+def test_pinned_not_serving_the_model() -> None:
+    error = no_route([cand("a", models=("qwen",)), cand("b")], "gemma", pinned="a")
+    assert error.code == "no_peer_for_model" and "'gemma'" in error.message and "qwen" in error.message
+
+
+def test_pinned_without_a_model_uses_its_only_one() -> None:
+    nodes = [cand("a", models=("qwen",)), cand("b", models=("gemma",))]
+    assert choose_executor(nodes, None, pinned="a") == (nodes[0], "qwen")
+    error = no_route([cand("a", models=("qwen", "gemma"))], None, pinned="a")
+    assert error.code == "bad_request" and "qwen" in error.message and "gemma" in error.message
+
+
+# -- which model -------------------------------------------------------------------------------
+
+
+def test_model_none_with_one_model_served_is_that_one() -> None:
+    nodes = [cand("a", models=("gemma",)), cand("b", models=("gemma",)), cand("c", models=("qwen",), state="dead")]
+    assert resolve_model(nodes, None) == "gemma"
+    assert choose_executor(nodes, None)[1] == "gemma"
+
+
+def test_model_none_with_several_models_is_a_bad_request_listing_them() -> None:
+    nodes = [cand("a", models=("qwen",)), cand("b", models=("gemma", "llama"))]
+    error = no_route(nodes, None)
+    assert error.code == "bad_request"
+    assert "gemma, llama, qwen" in error.message
+
+
+def test_named_model_is_kept_even_if_nobody_serves_it() -> None:
+    assert resolve_model([cand("a")], "llama") == "llama"
+
+
+def test_no_live_node_at_all() -> None:
+    nodes = [cand("a", state="dead"), cand("b", state="left")]
+    assert no_route(nodes, None).code == "no_peer_for_model"
+    assert no_route(nodes, "gemma").code == "no_peer_for_model"
+    assert no_route([], None).code == "no_peer_for_model"
+
+
+# -- property -------------------------------------------------------------------------------------
+
+NAMES = ("a", "b", "c", "d", "e", "f")
+STATES = ("alive", "suspect", "dead", "left")
+
+candidate_sets = st.lists(
+    st.builds(
+        lambda models, state, slots, reported, assigned: (models, state, slots, reported, assigned),
+        st.sets(st.sampled_from(("gemma", "qwen")), max_size=2).map(lambda s: tuple(sorted(s))),
+        st.sampled_from(STATES),
+        st.integers(1, 8),
+        st.integers(0, 20),
+        st.integers(0, 20),
+    ),
+    min_size=0,
+    max_size=len(NAMES),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs=candidate_sets, self_index=st.integers(0, len(NAMES)), exclude=st.sets(st.sampled_from(NAMES)))
+def test_choice_is_live_serves_the_model_and_has_the_least_load(specs: list[tuple], self_index: int,
+                                                                 exclude: set[str]) -> None:
+    candidates = [
+        Candidate(NAMES[i], models, "alive" if i == self_index else state, slots, reported, assigned,
+                  is_self=i == self_index)
+        for i, (models, state, slots, reported, assigned) in enumerate(specs)
+    ]
+    eligible = [c for c in candidates if c.state in LIVE and "gemma" in c.models and c.name not in exclude]
+    try:
+        best, model = choose_executor(candidates, "gemma", exclude=exclude)
+    except NoRoute as exc:
+        assert exc.code == "no_peer_for_model"
+        assert eligible == []
+        return
+    assert model == "gemma"
+    assert best.state in LIVE and "gemma" in best.models and best.name not in exclude
+
+    def load(c: Candidate) -> Fraction:
+        return Fraction(max(c.reported_work, c.assigned_by_me), c.slots)
+
+    assert all(load(c) >= load(best) for c in eligible)
+    tied = [c for c in eligible if load(c) == load(best)]
+    if any(c.state == "alive" for c in tied):
+        assert best.state == "alive"
+        tied = [c for c in tied if c.state == "alive"]
+    if any(c.is_self for c in tied):
+        assert best.is_self
+    else:
+        assert best.name == min(c.name for c in tied)

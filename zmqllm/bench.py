@@ -1,0 +1,183 @@
+"""`zmqllm bench`: the mesh measured against a raw baseline in the same run.
+
+messaging: tokens streamed from an echo engine (unlimited rate) on node B,
+through origin A, to a client — against raw pyzmq + msgpack doing the same two
+hops between three processes (B's ROUTER → A's DEALER, A's ROUTER → client),
+each hop decoding and re-encoding a token message. Figures on one machine drift
+from day to day; only the ratio of the same run means anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from zmqllm.client import AsyncClient
+
+_READY_TIMEOUT_S = 30.0
+
+
+# -- raw baseline: three processes, two hops ---------------------------------------------
+
+def _raw_producer(endpoint_queue: Any) -> None:
+    """Node B: on a request, stream `n` token messages back through its ROUTER."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    endpoint_queue.put(f"tcp://127.0.0.1:{port}")
+    while True:
+        ident, frame = router.recv_multipart()
+        request = msgpack.unpackb(frame)
+        if request["t"] == "STOP":
+            break
+        for seq in range(request["n"]):
+            router.send_multipart([ident, msgpack.packb({"t": "TOKEN", "task_id": request["task_id"], "seq": seq,
+                                                         "text": "word ", "ids": [seq]})])
+        router.send_multipart([ident, msgpack.packb({"t": "DONE", "task_id": request["task_id"]})])
+    ctx.destroy(linger=0)
+
+
+def _raw_relay(producer: str, endpoint_queue: Any) -> None:
+    """Origin A: forwards client requests to B and B's tokens back to the client."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(producer)
+    endpoint_queue.put(f"tcp://127.0.0.1:{port}")
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    poller.register(dealer, zmq.POLLIN)
+    client = b""
+    while True:
+        for sock, _ in poller.poll():
+            if sock is router:
+                client, frame = router.recv_multipart()
+                dealer.send(frame)
+                if msgpack.unpackb(frame)["t"] == "STOP":
+                    ctx.destroy(linger=100)
+                    return
+            else:
+                message = msgpack.unpackb(dealer.recv())
+                router.send_multipart([client, msgpack.packb(message)])
+
+
+def _raw_run(tokens: int) -> float:
+    """Tokens/s a client receives over the raw two hops (first token to DONE)."""
+    spawn = mp.get_context("spawn")
+    queue = spawn.Queue()
+    producer = spawn.Process(target=_raw_producer, args=(queue,), daemon=True)
+    producer.start()
+    producer_endpoint = queue.get(timeout=_READY_TIMEOUT_S)
+    relay = spawn.Process(target=_raw_relay, args=(producer_endpoint, queue), daemon=True)
+    relay.start()
+    relay_endpoint = queue.get(timeout=_READY_TIMEOUT_S)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.RCVTIMEO, int(_READY_TIMEOUT_S * 1000))
+    sock.connect(relay_endpoint)
+    try:
+        sock.send(msgpack.packb({"t": "SUBMIT", "task_id": "bench", "n": tokens}))
+        first = msgpack.unpackb(sock.recv())
+        assert first["seq"] == 0
+        started, received = time.perf_counter(), 1
+        while msgpack.unpackb(sock.recv())["t"] == "TOKEN":
+            received += 1
+        elapsed = time.perf_counter() - started
+        sock.send(msgpack.packb({"t": "STOP"}))
+    finally:
+        relay.join(5)
+        producer.join(5)
+        for proc in (relay, producer):
+            if proc.is_alive():
+                proc.kill()
+        ctx.destroy(linger=0)
+    return (received - 1) / elapsed
+
+
+# -- the mesh: two real daemons --------------------------------------------------------------
+
+def _start_daemon(name: str, home: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    import json
+
+    argv = [sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", "tcp://127.0.0.1:0",
+            "--engine", "echo", "--echo-rate", "0", "--json", "--log-level", "warning", *extra]
+    env = dict(os.environ, ZMQLLM_HOME=home)
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    for line in proc.stderr:
+        if '"event": "ready"' in line:
+            return proc, json.loads(line)["endpoint"]
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise RuntimeError(f"daemon {name} did not start")
+
+
+async def _mesh_run(origin: str, tokens: int) -> float:
+    async with AsyncClient(origin, timeout=30) as client:
+        started, count = 0.0, 0
+        async for event in client.submit("word", max_tokens=tokens, peer="b"):
+            if event["type"] == "token":
+                if count == 0:
+                    started = time.perf_counter()
+                count += 1
+            elif event["type"] == "error":
+                raise RuntimeError(event["message"])
+        return (count - 1) / (time.perf_counter() - started)
+
+
+def run_messaging(tokens: int, runs: int) -> dict[str, Any]:
+    """Median tokens/s of mesh and raw, same run, and their ratio."""
+    raw = [_raw_run(tokens) for _ in range(runs)]
+    with tempfile.TemporaryDirectory() as home:
+        a, a_endpoint = _start_daemon("a", home, "--log-level", "warning")
+        b, _ = _start_daemon("b", home, "--peer", a_endpoint)
+        try:
+            asyncio.run(_wait_for_peer(a_endpoint, "b"))
+            mesh = [asyncio.run(_mesh_run(a_endpoint, tokens)) for _ in range(runs)]
+        finally:
+            for proc in (b, a):
+                proc.terminate()
+                proc.wait(10)
+                if proc.stderr:
+                    proc.stderr.close()
+    raw_median, mesh_median = statistics.median(raw), statistics.median(mesh)
+    ratio = mesh_median / raw_median
+    return {
+        "bench": "messaging",
+        "tokens_per_run": tokens,
+        "runs": runs,
+        "raw_tok_s": [round(x) for x in raw],
+        "mesh_tok_s": [round(x) for x in mesh],
+        "raw_median_tok_s": round(raw_median),
+        "mesh_median_tok_s": round(mesh_median),
+        "ratio": round(ratio, 3),
+        "summary": (f"messaging, {tokens} tokens x {runs} runs (B -> origin A -> client)\n"
+                    f"  raw pyzmq+msgpack: median {raw_median:,.0f} tok/s  {[round(x) for x in raw]}\n"
+                    f"  zmqllm mesh:       median {mesh_median:,.0f} tok/s  {[round(x) for x in mesh]}\n"
+                    f"  ratio mesh/raw:    {ratio:.3f}  (goal >= 0.5)"),
+    }
+
+
+async def _wait_for_peer(endpoint: str, name: str) -> None:
+    async with AsyncClient(endpoint, timeout=5) as client:
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if any(r["name"] == name and r["state"] == "alive" for r in await client.peers()):
+                return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"peer {name} never joined")

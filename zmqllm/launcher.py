@@ -1,0 +1,191 @@
+"""`zmqllm up`: a local mesh of N daemons as child processes, reaped on exit.
+
+Children bind port 0 (the OS picks free ports) and are waited for through their
+JSON ready lines; each asks the kernel for SIGTERM should this process die
+(PR_SET_PDEATHSIG, see `bind_to_parent`), so no daemon outlives the command that
+started it. CPU threads are split across
+the daemons, since llama.cpp threads spin and oversubscribed cores collapse
+throughput.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from zmqllm import paths
+
+READY_TIMEOUT_S = 300.0
+"""Model loading (and first-use bundled model assembly) can take a while."""
+STOP_TIMEOUT_S = 10.0
+SUPERVISE_PERIOD_S = 0.5
+_PR_SET_PDEATHSIG = 1
+PARENT_ENV = "ZMQLLM_PARENT_PID"
+
+
+class LaunchError(Exception):
+    """A daemon did not start; the message names it and its log."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[str]
+    log_path: Path
+    ready: threading.Event = field(default_factory=threading.Event)
+    endpoint: str = ""
+    reported_exit: bool = False
+
+
+def threads_per_node(nodes: int, cores: int | None = None) -> int:
+    """Cores split evenly; at least one thread each."""
+    return max(1, (cores or os.cpu_count() or 1) // nodes)
+
+
+def bind_to_parent() -> None:
+    """Called by a daemon that `zmqllm up` started: stop when the launcher dies.
+
+    Done in the child (not a preexec_fn, which is unsafe with threads running)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        return  # not Linux: the launcher's own handlers still reap its children
+    if str(os.getppid()) != parent:  # the launcher died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _pump(child: Child, log: TextIO) -> None:
+    assert child.proc.stderr is not None
+    for line in child.proc.stderr:
+        log.write(line)
+        log.flush()
+        if not child.ready.is_set() and '"event": "ready"' in line:
+            try:
+                child.endpoint = json.loads(line)["endpoint"]
+            except (ValueError, KeyError):
+                continue
+            child.ready.set()
+    log.close()
+
+
+def _start(name: str, args: list[str], log_dir: Path) -> Child:
+    log_path = log_dir / f"{name}.log"
+    argv = [sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", "tcp://127.0.0.1:0", "--json", *args]
+    env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            text=True, start_new_session=True, env=env)
+    child = Child(name, proc, log_path)
+    threading.Thread(target=_pump, args=(child, log_path.open("w")), daemon=True).start()
+    return child
+
+
+def _wait_ready(child: Child) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not child.ready.wait(0.1):
+        if child.proc.poll() is not None or time.monotonic() > deadline:
+            child.ready.wait(0.5)
+            tail = child.log_path.read_text().strip().splitlines()[-3:] if child.log_path.exists() else []
+            last = _last_message(tail)
+            raise LaunchError(f"daemon {child.name} did not start (see {child.log_path}): {last}")
+
+
+def _last_message(lines: list[str]) -> str:
+    for line in reversed(lines):
+        try:
+            return str(json.loads(line).get("msg", line))
+        except ValueError:
+            return line
+    return "no output"
+
+
+def _stop_all(children: list[Child]) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in children:
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
+
+
+def _emit(as_json: bool, record: dict[str, Any], text: str) -> None:
+    print(json.dumps(record) if as_json else text, flush=True)
+
+
+def run_mesh(*, nodes: int, engine: str, model: str | None, echo_rate: float, heartbeat_interval: float,
+             as_json: bool) -> int:
+    """Start the mesh, report it, supervise until SIGINT/SIGTERM; returns the exit code."""
+    state_dir = paths.state_file().parent
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    common = ["--engine", engine, "--heartbeat-interval", str(heartbeat_interval)]
+    if engine == "echo":
+        common += ["--echo-rate", str(echo_rate)]
+    else:
+        common += ["--model", model or "bundled:gemma3-270m", "--threads", str(threads_per_node(nodes))]
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    children: list[Child] = []
+    started = time.monotonic()
+    try:
+        for i in range(1, nodes + 1):
+            seed = ["--peer", children[0].endpoint] if children else []
+            child = _start(f"n{i}", common + seed, log_dir)
+            children.append(child)
+            _wait_ready(child)
+            _emit(as_json, {"type": "node", "name": child.name, "endpoint": child.endpoint, "pid": child.proc.pid,
+                            "log": str(child.log_path)}, f"  {child.name}  {child.endpoint}  (log {child.log_path})")
+            if stopping.is_set():
+                return 130
+        connect = children[0].endpoint
+        paths.write_state({"connect": connect, "pid": os.getpid(),
+                           "nodes": [{"name": c.name, "endpoint": c.endpoint, "pid": c.proc.pid} for c in children]})
+        _emit(as_json, {"type": "ready", "connect": connect, "nodes": nodes, "engine": engine,
+                        "elapsed_s": round(time.monotonic() - started, 3)},
+              f"mesh of {nodes} up in {time.monotonic() - started:.1f}s ({_engine_note(engine, model)}); "
+              f"client commands find it without --connect:\n"
+              f"  zmqllm peers\n  zmqllm submit \"Once upon a time\" --max-tokens 32\n"
+              f"Ctrl-C stops every daemon.")
+        _supervise(children, stopping, as_json)
+        return 0
+    finally:
+        _stop_all(children)
+        state = paths.read_state()
+        if state and state.get("pid") == os.getpid():
+            paths.state_file().unlink(missing_ok=True)
+        if children:
+            _emit(as_json, {"type": "stopped", "nodes": len(children)}, f"stopped {len(children)} daemons")
+
+
+def _engine_note(engine: str, model: str | None) -> str:
+    if engine == "echo":
+        return "echo engine: streams the prompt's words back, no model"
+    return f"llama engine, model {model or 'bundled:gemma3-270m'}"
+
+
+def _supervise(children: list[Child], stopping: threading.Event, as_json: bool) -> None:
+    while not stopping.wait(SUPERVISE_PERIOD_S):
+        for child in children:
+            code = child.proc.poll()
+            if code is not None and not child.reported_exit:
+                child.reported_exit = True
+                _emit(as_json, {"type": "exited", "name": child.name, "code": code, "log": str(child.log_path)},
+                      f"daemon {child.name} exited with code {code} (see {child.log_path})")
+        if all(child.reported_exit for child in children):
+            return
