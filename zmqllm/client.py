@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import secrets
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -53,6 +54,15 @@ def event_from(message: Message) -> dict[str, Any]:
     return event
 
 
+class _Stream:
+    """Messages of one task waiting to be read: a deque and one wake-up flag,
+    cheaper per token than an asyncio.Queue."""
+
+    def __init__(self) -> None:
+        self.messages: deque[Message] = deque()
+        self.arrived = asyncio.Event()
+
+
 class AsyncClient:
     """One DEALER to one node. Use as `async with AsyncClient(endpoint) as client:`."""
 
@@ -64,7 +74,7 @@ class AsyncClient:
         self._channel: Channel | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
-        self._streams: dict[str, asyncio.Queue[Message]] = {}
+        self._streams: dict[str, _Stream] = {}
 
     async def __aenter__(self) -> AsyncClient:
         self._ctx = zmq.Context()
@@ -125,12 +135,12 @@ class AsyncClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """Submit a completion and stream its events until `done` or `error`."""
         task_id = task_id or uuid.uuid4().hex
-        queue = self._streams.setdefault(task_id, asyncio.Queue())
+        stream = self._streams.setdefault(task_id, _Stream())
         try:
             self._send("SUBMIT", task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {},
                        stop=list(stop), model=model, peer=peer)
             while True:
-                message = await self._next_for_task(queue)
+                message = await self._next_for_task(stream)
                 yield event_from(message)
                 if message.type in ("DONE", "ERROR"):
                     return
@@ -141,13 +151,15 @@ class AsyncClient:
         """Ask the node to cancel a task; its stream then ends with `done` (cancelled)."""
         self._send("CANCEL", task_id=task_id)
 
-    async def _next_for_task(self, queue: asyncio.Queue[Message]) -> Message:
+    async def _next_for_task(self, stream: _Stream) -> Message:
         """The task's next message; while none comes, check the node is still there."""
-        while True:
+        while not stream.messages:
+            stream.arrived.clear()
             try:
-                return await asyncio.wait_for(queue.get(), self.timeout)
+                await asyncio.wait_for(stream.arrived.wait(), self.timeout)
             except asyncio.TimeoutError:
                 await self.request("GET_STATUS")  # raises MeshUnreachable if the node is gone
+        return stream.messages.popleft()
 
     # -- socket --------------------------------------------------------------------------
 
@@ -161,17 +173,19 @@ class AsyncClient:
 
     def _on_frames(self, frames: list[bytes]) -> None:
         try:
-            message = protocol.decode(frames[-1])
+            messages = protocol.decode_frame(frames[-1])
         except ProtocolError:
             return
-        task_id = message.get("task_id")
-        queue = self._streams.get(task_id) if isinstance(task_id, str) else None
-        if queue is not None:
-            queue.put_nowait(message)
-            return
-        future = self._pending.get(message.re) if message.re is not None else None
-        if future is not None and not future.done():
-            future.set_result(message)
+        for message in messages:
+            task_id = message.get("task_id")
+            stream = self._streams.get(task_id) if isinstance(task_id, str) else None
+            if stream is not None:
+                stream.messages.append(message)
+                stream.arrived.set()
+                continue
+            future = self._pending.get(message.re) if message.re is not None else None
+            if future is not None and not future.done():
+                future.set_result(message)
 
 
 class Client:

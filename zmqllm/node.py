@@ -31,7 +31,7 @@ from zmqllm.remote import RemoteTasks
 from zmqllm.transport import (
     SHUTDOWN_LINGER_MS,
     Channel,
-    Outbox,
+    Mailer,
     Sent,
     advertised_endpoint,
     bind_router,
@@ -86,7 +86,7 @@ class Node:
         self.executor = Executor(engine, settings.queue_limit)
         self.ctx = zmq.Context()
         self.router: Channel | None = None
-        self._outboxes: dict[bytes, Outbox] = {}
+        self.mailer: Mailer | None = None
         self.endpoint = ""
         self.table: PeerTable | None = None
         self.links: dict[str, Link] = {}
@@ -103,6 +103,7 @@ class Node:
         """Serve until `stop()` (or SIGTERM/SIGINT when installed); say BYE on the way out."""
         router, bound = bind_router(self.ctx, self.settings.bind)
         self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
+        self.mailer = Mailer(self.router, self._undeliverable)
         self.endpoint = advertised_endpoint(bound, self.settings.advertise)
         if not is_loopback(bound):
             log.warning("bound %s: traffic is plaintext and unauthenticated (no CURVE yet)", bound)
@@ -136,6 +137,8 @@ class Node:
         bye = self.message("BYE", node_id=self.node_id, name=self.settings.name)
         for link in self.links.values():
             link.channel.send([protocol.encode(bye)])
+        if self.mailer is not None:
+            self.mailer.flush()
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -153,26 +156,29 @@ class Node:
     # -- sending ------------------------------------------------------------------
 
     def message(self, type_: str, *, re: int | None = None, **fields: Any) -> Message:
+        """A message from this node, validated (a malformed one is our bug: fail loudly here)."""
+        if type_ == "TOKEN":  # the hot path: built from already-validated parts
+            return Message(type_, fields, next(self._ids), self.node_id, re)
         return protocol.make(type_, src=self.node_id, id=next(self._ids), re=re, **fields)
 
     def reply(self, identity: bytes, type_: str, *, re: int | None = None, final: bool = False,
-              **fields: Any) -> Sent:
+              **fields: Any) -> None:
         """Send on the ROUTER to whoever `identity` is (a client or a peer's DEALER),
-        in order, through its outbox when its queue is full. `final` messages (a
-        task's last word) are queued even past the outbox's bound."""
-        assert self.router is not None
-        frame = protocol.encode(self.message(type_, re=re, **fields))
-        outbox = self._outboxes.get(identity)
-        if outbox is None:
-            sent = self.router.send([identity, frame])
-            if sent is not Sent.FULL:
-                return sent
-            outbox = self._outboxes[identity] = Outbox(self.router, on_empty=lambda: self._outboxes.pop(identity, None))
-        return outbox.send([identity, frame], force=final)
+        in order, batched with whatever else goes there this loop turn. `final`
+        messages (a task's last word) pass even a full outbox. Failures to deliver
+        come back through `_undeliverable`."""
+        assert self.mailer is not None
+        self.mailer.post(identity, protocol.encode(self.message(type_, re=re, **fields)), final)
+
+    def _undeliverable(self, identity: bytes, sent: Sent) -> None:
+        """A receiver is gone or not reading: its tasks stop."""
+        log.info("receiver %r %s", identity, sent.value)
+        self.origin.client_failed(identity, sent)
+        self.remote.origin_failed(identity, sent)
 
     def reply_error(self, identity: bytes, code: str, text: str, *, re: int | None = None,
-                    task_id: str | None = None, retryable: bool = False) -> Sent:
-        return self.reply(identity, "ERROR", re=re, final=True, code=code, message=text, retryable=retryable,
+                    task_id: str | None = None, retryable: bool = False) -> None:
+        self.reply(identity, "ERROR", re=re, final=True, code=code, message=text, retryable=retryable,
                           task_id=task_id)
 
     def send_to_peer(self, node_id: str, type_: str, **fields: Any) -> Sent:
@@ -265,31 +271,33 @@ class Node:
     # -- receiving ------------------------------------------------------------------------
 
     def _on_router_frames(self, frames: list[bytes]) -> None:
-        identity, payload = frames[0], frames[-1]
+        identity = frames[0]
         try:
-            message = protocol.decode(payload)
+            messages = protocol.decode_frame(frames[-1])
         except ProtocolError as exc:
             self.dropped_frames += 1
             log.warning("bad frame from %r: %s", identity, exc.message)
             self.reply_error(identity, exc.code, exc.message, re=exc.ref)
             return
-        try:
-            self._dispatch_router(identity, message)
-        except Exception:  # one bad message must never take the daemon down
-            log.exception("internal error handling %s from %r", message.type, identity)
-            self.reply_error(identity, "internal", f"internal error handling {message.type}", re=message.id)
+        for message in messages:
+            try:
+                self._dispatch_router(identity, message)
+            except Exception:  # one bad message must never take the daemon down
+                log.exception("internal error handling %s from %r", message.type, identity)
+                self.reply_error(identity, "internal", f"internal error handling {message.type}", re=message.id)
 
     def _on_dealer_frames(self, link: Link, frames: list[bytes]) -> None:
         try:
-            message = protocol.decode(frames[-1])
+            messages = protocol.decode_frame(frames[-1])
         except ProtocolError as exc:
             self.dropped_frames += 1
             log.warning("bad frame from peer %s: %s", link.endpoint, exc.message)
             return
-        try:
-            self._dispatch_dealer(link, message)
-        except Exception:
-            log.exception("internal error handling %s from %s", message.type, link.endpoint)
+        for message in messages:
+            try:
+                self._dispatch_dealer(link, message)
+            except Exception:
+                log.exception("internal error handling %s from %s", message.type, link.endpoint)
 
     def _dispatch_router(self, identity: bytes, message: Message) -> None:
         assert self.table is not None

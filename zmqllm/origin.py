@@ -241,18 +241,24 @@ class Origin:
 
     def _to_clients(self, task: OriginTask, type_: str, **fields: Any) -> None:
         final = type_ in ("DONE", "ERROR")
-        clients = self.clients.get(task.task_id, [])
-        for client in list(clients):
-            sent = self.node.reply(client, type_, final=final, **fields)
-            if sent is Sent.OK:
+        for client in self.clients.get(task.task_id, []):
+            self.node.reply(client, type_, final=final, **fields)
+
+    def client_failed(self, client: bytes, sent: Sent) -> None:
+        """A client is gone or stopped reading: detach it; a task nobody reads is cancelled."""
+        for task_id, clients in list(self.clients.items()):
+            if client not in clients:
                 continue
             clients.remove(client)
+            task = self.tasks.get(task_id)
+            if task is None or task.finished:
+                continue
             if sent is Sent.FULL:
-                self.node.reply_error(client, "slow_client", f"task {task.task_id} cancelled: this client stopped "
-                                      f"reading ({OUTBOX_LIMIT} messages waiting)", task_id=task.task_id)
-        if not clients and not task.finished:
-            log.info("task %s: no client reading any more, cancelling", task.task_id)
-            self._cancel(task)
+                self.node.reply_error(client, "slow_client", f"task {task_id} cancelled: this client stopped "
+                                      f"reading ({OUTBOX_LIMIT} messages waiting)", task_id=task_id)
+            if not clients:
+                log.info("task %s: no client reading any more, cancelling", task_id)
+                self._cancel(task)
 
     def _forget_old(self) -> None:
         finished = [tid for tid, t in self.tasks.items() if t.finished]

@@ -19,6 +19,8 @@ import msgpack
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Largest frame accepted (prompts of long documents fit; anything bigger is `too_large`)."""
+MAX_BATCH = 4096
+"""Most messages one batch frame may hold."""
 
 ERROR_CODES = frozenset(
     {
@@ -172,16 +174,52 @@ def encode(message: Message) -> bytes:
 
 
 def decode(frame: bytes) -> Message:
-    """Parse and validate one frame. Raises only `ProtocolError`."""
+    """Parse and validate a frame holding one message. Raises only `ProtocolError`."""
+    body = _unpack(frame)
+    if not isinstance(body, dict):
+        raise ProtocolError("malformed", f"message must be a map, got {type(body).__name__}")
+    return _from_body(body)
+
+
+def decode_frame(frame: bytes) -> list[Message]:
+    """Parse a frame holding one message (a map) or a batch (an array of maps).
+    A batch is refused whole if any message in it is bad. Raises only `ProtocolError`."""
+    body = _unpack(frame)
+    if isinstance(body, dict):
+        return [_from_body(body)]
+    if not isinstance(body, list) or not body or len(body) > MAX_BATCH:
+        raise ProtocolError("malformed", f"a frame must be a map or an array of 1-{MAX_BATCH} maps")
+    if not all(isinstance(item, dict) for item in body):
+        raise ProtocolError("malformed", "every message in a batch must be a map")
+    return [_from_body(item) for item in body]
+
+
+def batch_frame(encoded: list[bytes]) -> bytes:
+    """Join already-encoded messages into one batch frame (a msgpack array header
+    followed by the maps, so nothing is encoded twice)."""
+    count = len(encoded)
+    if count == 1:
+        return encoded[0]
+    if count <= 15:
+        header = bytes([0x90 | count])
+    elif count <= 0xFFFF:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return header + b"".join(encoded)
+
+
+def _unpack(frame: bytes) -> Any:
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"message of {len(frame)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     try:
-        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises many types for bad input; all mean the same
         raise ProtocolError("malformed", f"not a msgpack message: {type(exc).__name__}") from None
-    if not isinstance(body, dict):
-        raise ProtocolError("malformed", f"message must be a map, got {type(body).__name__}")
-    ref = body.get("id") if isinstance(body.get("id"), int) and not isinstance(body.get("id"), bool) else None
+
+
+def _from_body(body: dict[str, Any]) -> Message:
+    ref = body.get("id") if _is_int(body.get("id")) else None
     version = body.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(

@@ -88,19 +88,19 @@ class RemoteTasks:
     def _on_token(self, job: RemoteJob, chunk: TokenChunk) -> None:
         if job.task_id not in self.jobs:
             return
-        sent = self.node.reply(job.origin_identity, "TOKEN", task_id=job.task_id, seq=job.next_seq,
-                               text=chunk.text, ids=list(chunk.ids))
+        self.node.reply(job.origin_identity, "TOKEN", task_id=job.task_id, seq=job.next_seq,
+                        text=chunk.text, ids=list(chunk.ids))
         job.next_seq += 1
-        if sent is Sent.UNREACHABLE:
-            log.warning("task %s: origin %s unreachable, cancelling", job.task_id, job.origin_id)
-            self.jobs.pop(job.task_id, None)
+
+    def origin_failed(self, origin: bytes, sent: Sent) -> None:
+        """An origin's connection is gone or it stopped reading: stop its tasks here."""
+        for job in [j for j in self.jobs.values() if j.origin_identity == origin]:
+            log.warning("task %s: origin %s %s, cancelling", job.task_id, job.origin_id, sent.value)
+            self.jobs.pop(job.task_id)
             self.node.executor.cancel(job.task_id)
-        elif sent is Sent.FULL:
-            log.warning("task %s: origin %s not reading, cancelling", job.task_id, job.origin_id)
-            self.jobs.pop(job.task_id, None)
-            self.node.executor.cancel(job.task_id)
-            self.node.reply_error(job.origin_identity, "slow_client", f"{self.node.settings.name}: origin stopped "
-                                  "reading the task's tokens", task_id=job.task_id, retryable=True)
+            if sent is Sent.FULL:
+                self.node.reply_error(origin, "slow_client", f"{self.node.settings.name}: origin stopped reading "
+                                      "the task's tokens", task_id=job.task_id, retryable=True)
 
     def _on_end(self, job: RemoteJob, outcome: GenerationResult | EngineError, timings: dict[str, float]) -> None:
         if self.jobs.pop(job.task_id, None) is None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import zmq
 
-from zmqllm.protocol import MAX_MESSAGE_BYTES
+from zmqllm.protocol import MAX_BATCH, MAX_MESSAGE_BYTES, batch_frame
 
 ROUTER_SEND_HWM = 10_000
 """Messages queued per connection on the ROUTER before a send reports `FULL`."""
@@ -101,7 +101,9 @@ class Channel:
     def send(self, frames: list[bytes]) -> Sent:
         """Send without blocking; report a full queue or a vanished receiver."""
         try:
-            self.socket.send_multipart(frames, flags=zmq.DONTWAIT)
+            for frame in frames[:-1]:
+                self.socket.send(frame, zmq.DONTWAIT | zmq.SNDMORE)
+            self.socket.send(frames[-1], zmq.DONTWAIT)
         except zmq.Again:
             return Sent.FULL
         except zmq.ZMQError as exc:
@@ -197,6 +199,73 @@ class Outbox:
             self._retry.cancel()
             self._retry = None
         self._pending.clear()
+
+
+class Mailer:
+    """Everything a ROUTER sends, batched per receiver once per loop turn.
+
+    A relay pays per ZeroMQ message (a libzmq send, often a syscall to wake its
+    I/O thread); tokens arriving in a burst leave as one batch frame per
+    receiver instead, at no added latency beyond the current loop turn. Order
+    per receiver is kept. A receiver that cannot take more (gone, or past its
+    outbox bound) is reported once per flush to `on_failure`."""
+
+    def __init__(self, channel: Channel, on_failure: Callable[[bytes, Sent], None]) -> None:
+        self.channel = channel
+        self._on_failure = on_failure
+        self._queued: dict[bytes, list[bytes]] = {}
+        self._final: set[bytes] = set()
+        self._outboxes: dict[bytes, Outbox] = {}
+        self._flush_scheduled = False
+
+    def post(self, identity: bytes, payload: bytes, final: bool = False) -> None:
+        """Queue one encoded message; `final` ones pass even a full outbox."""
+        self._queued.setdefault(identity, []).append(payload)
+        if final:
+            self._final.add(identity)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def backlog(self, identity: bytes) -> int:
+        """Frames waiting in the receiver's outbox."""
+        outbox = self._outboxes.get(identity)
+        return len(outbox) if outbox is not None else 0
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, {}
+        final, self._final = self._final, set()
+        for identity, payloads in queued.items():
+            for frame in _batches(payloads):
+                sent = self._send(identity, frame, identity in final)
+                if sent is not Sent.OK:
+                    self._on_failure(identity, sent)
+                    break
+
+    def _send(self, identity: bytes, frame: bytes, force: bool) -> Sent:
+        outbox = self._outboxes.get(identity)
+        if outbox is None:
+            sent = self.channel.send([identity, frame])
+            if sent is not Sent.FULL:
+                return sent
+            outbox = Outbox(self.channel, on_empty=lambda: self._outboxes.pop(identity, None))
+            self._outboxes[identity] = outbox
+        return outbox.send([identity, frame], force)
+
+
+def _batches(payloads: list[bytes]) -> list[bytes]:
+    """Batch frames within the message-count and size limits."""
+    frames, group, size = [], [], 0
+    for payload in payloads:
+        if group and (len(group) >= MAX_BATCH or size + len(payload) > MAX_MESSAGE_BYTES // 2):
+            frames.append(batch_frame(group))
+            group, size = [], 0
+        group.append(payload)
+        size += len(payload)
+    if group:
+        frames.append(batch_frame(group))
+    return frames
 
 
 def advertised_endpoint(bound: str, advertise: str | None) -> str:
