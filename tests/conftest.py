@@ -87,13 +87,30 @@ def _pump(daemon: Daemon) -> None:
             daemon._ready.set()
 
 
-@pytest.fixture
-def zmqllm_env(tmp_path: Path) -> dict[str, str]:
+def private_env(home: Path) -> dict[str, str]:
     """Environment for zmqllm processes: a private ZMQLLM_HOME, no stray settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQLLM_")}
-    env["ZMQLLM_HOME"] = str(tmp_path / "home")
+    env["ZMQLLM_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def launch(env: dict[str, str], name: str, *args: str, heartbeat: float = 0.2, engine: str = "echo",
+           bind: str = "tcp://127.0.0.1:0", wait: bool = True) -> Daemon:
+    """Start one `zmqllm daemon` process (port 0 unless `bind` says otherwise)."""
+    argv = [sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", bind, "--engine", engine,
+            "--heartbeat-interval", str(heartbeat), "--json", *args]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    daemon = Daemon(name, proc, argv)
+    threading.Thread(target=_pump, args=(daemon,), daemon=True).start()
+    if wait:
+        daemon.wait_ready()
+    return daemon
+
+
+@pytest.fixture
+def zmqllm_env(tmp_path: Path) -> dict[str, str]:
+    return private_env(tmp_path / "home")
 
 
 @pytest.fixture
@@ -101,15 +118,9 @@ def spawn(zmqllm_env: dict[str, str]) -> Iterator[Callable[..., Daemon]]:
     """Start daemons: `spawn("a", "--peer", endpoint, heartbeat=0.2)`; all reaped at the end."""
     started: list[Daemon] = []
 
-    def start(name: str, *args: str, heartbeat: float = 0.2, engine: str = "echo", bind: str = "tcp://127.0.0.1:0",
-              wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
-        argv = [sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", bind, "--engine", engine,
-                "--heartbeat-interval", str(heartbeat), "--json", *args]
-        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                env=env or zmqllm_env)
-        daemon = Daemon(name, proc, argv)
-        started.append(daemon)
-        threading.Thread(target=_pump, args=(daemon,), daemon=True).start()
+    def start(name: str, *args: str, env: dict[str, str] | None = None, wait: bool = True, **kwargs: Any) -> Daemon:
+        daemon = launch(env or zmqllm_env, name, *args, wait=False, **kwargs)
+        started.append(daemon)  # reaped even if it never becomes ready
         if wait:
             daemon.wait_ready()
         return daemon

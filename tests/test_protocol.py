@@ -409,3 +409,32 @@ def test_docs_table_lists_every_type_in_order_and_every_error_code() -> None:
     assert documented == list(MESSAGE_FIELDS)
     for code in ERROR_CODES:
         assert re.search(rf"^\|\s*`{code}`\s*\|", text, flags=re.MULTILINE), f"error code {code} not documented"
+
+
+# -- batch frames --------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), count=st.integers(1, 40))
+def test_batches_round_trip_in_order(data: st.DataObject, count: int) -> None:
+    types = data.draw(st.lists(st.sampled_from(list(MESSAGE_FIELDS)), min_size=count, max_size=count))
+    messages = [protocol.make(t, src="n", id=i, **data.draw(fields_for(t))) for i, t in enumerate(types, 1)]
+    decoded = protocol.decode_frame(protocol.batch_frame([protocol.encode(m) for m in messages]))
+    assert [(m.type, dict(m.fields), m.id) for m in decoded] == [(m.type, dict(m.fields), m.id) for m in messages]
+
+
+@given(data=st.binary(max_size=256))
+def test_random_bytes_never_crash_the_batch_decoder(data: bytes) -> None:
+    try:
+        protocol.decode_frame(data)
+    except ProtocolError:
+        pass
+
+
+def test_a_batch_with_one_bad_message_is_refused_whole() -> None:
+    good = protocol.encode(protocol.make("CANCEL", src="c", id=1, task_id="t"))
+    bad = msgpack.packb({"v": 1, "t": "CANCEL", "id": 2, "src": "c"})  # no task_id
+    with pytest.raises(ProtocolError) as caught:
+        protocol.decode_frame(protocol.batch_frame([good, bad]))
+    assert caught.value.code == "bad_request" and "task_id" in caught.value.message
+    with pytest.raises(ProtocolError):
+        protocol.decode_frame(msgpack.packb([]))  # an empty batch

@@ -20,7 +20,7 @@ import click
 
 from zmqllm import __version__, paths
 from zmqllm.client import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT_S, AsyncClient, MeshUnreachable, RequestFailed
-from zmqllm.config import KEYS, ConfigError, load_config
+from zmqllm.config import BUNDLED_MODEL, KEYS, ConfigError, load_config
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -225,27 +225,33 @@ def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, st
 
 
 @main.command()
-@click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True, help="daemons to start")
-@click.option("--engine", type=click.Choice(["echo", "llama"]), default="echo", show_default=True)
-@click.option("--model", default=None, help="llama model (a GGUF path or bundled:gemma3-270m)")
+@click.option("--nodes", type=click.IntRange(1, 16), default=None,
+              help="daemons to start [default: 3, or one per core for llama when fewer]")
+@click.option("--engine", type=click.Choice(["echo", "llama"]), default="llama", show_default=True)
+@click.option("--model", default=BUNDLED_MODEL, show_default=True,
+              help="llama model: a GGUF path or bundled:gemma3-270m")
 @click.option("--echo-rate", type=float, default=50.0, show_default=True, help="echo tokens/s")
 @click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one per node, then ready")
-def up(nodes: int, engine: str, model: str | None, echo_rate: float, heartbeat_interval: float,
+def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_interval: float,
        as_json: bool) -> None:
-    """Start a local mesh of N daemons (free ports) and keep it up until Ctrl-C.
+    """Start a local mesh of daemons (free ports) and keep it up until Ctrl-C.
 
-    The endpoints are recorded, so `zmqllm peers` / `submit` find the mesh
-    without --connect. Daemon logs go to the state dir (shown at start).
+    By default it serves the bundled model gemma3-270m (a small base model:
+    plain completion). The endpoints are recorded, so `zmqllm peers` and
+    `zmqllm submit` find the mesh without --connect. Daemon logs go to the
+    state dir (shown at start).
 
     \b
-    Example:
+    Examples:
+      zmqllm up
       zmqllm up --nodes 3 --engine echo
+      zmqllm up --model /models/qwen2.5-1.5b-instruct-q4_k_m.gguf --nodes 1
     """
-    from zmqllm.launcher import LaunchError, run_mesh
+    from zmqllm.launcher import LaunchError, default_nodes, run_mesh
 
     try:
-        sys.exit(run_mesh(nodes=nodes, engine=engine, model=model, echo_rate=echo_rate,
+        sys.exit(run_mesh(nodes=nodes or default_nodes(engine), engine=engine, model=model, echo_rate=echo_rate,
                           heartbeat_interval=heartbeat_interval, as_json=as_json))
     except LaunchError as exc:
         raise CliError(str(exc)) from None

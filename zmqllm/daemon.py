@@ -44,13 +44,10 @@ def announce_ready(node: Node) -> None:
 async def serve(config: NodeConfig) -> None:
     """Load the engine, then run the node until SIGTERM/SIGINT."""
     try:
-        engine = build_engine(
-            config.engine, echo_rate=config.echo_rate, slots=config.slots, model=config.model,
-            model_name=config.model_name, cache_dir=paths.cache_dir() / "models",
-        )
-        load = getattr(engine, "load", None)
-        if load is not None:
-            await load()
+        engine = build_engine(config, paths.cache_dir() / "models")
+        if config.engine == "llama":
+            log.info("loading model %s ...", config.model)
+        await engine.load()
     except EngineError as exc:
         raise DaemonError(exc.message) from None
     node = Node(settings_from(config), engine)

@@ -46,6 +46,13 @@ class Child:
     reported_exit: bool = False
 
 
+def default_nodes(engine: str, cores: int | None = None) -> int:
+    """Three daemons, but no more llama daemons than cores (each needs one to itself)."""
+    if engine == "echo":
+        return 3
+    return max(1, min(3, cores or os.cpu_count() or 1))
+
+
 def threads_per_node(nodes: int, cores: int | None = None) -> int:
     """Cores split evenly; at least one thread each."""
     return max(1, (cores or os.cpu_count() or 1) // nodes)
@@ -127,7 +134,7 @@ def _emit(as_json: bool, record: dict[str, Any], text: str) -> None:
     print(json.dumps(record) if as_json else text, flush=True)
 
 
-def run_mesh(*, nodes: int, engine: str, model: str | None, echo_rate: float, heartbeat_interval: float,
+def run_mesh(*, nodes: int, engine: str, model: str, echo_rate: float, heartbeat_interval: float,
              as_json: bool) -> int:
     """Start the mesh, report it, supervise until SIGINT/SIGTERM; returns the exit code."""
     state_dir = paths.state_file().parent
@@ -137,7 +144,7 @@ def run_mesh(*, nodes: int, engine: str, model: str | None, echo_rate: float, he
     if engine == "echo":
         common += ["--echo-rate", str(echo_rate)]
     else:
-        common += ["--model", model or "bundled:gemma3-270m", "--threads", str(threads_per_node(nodes))]
+        common += ["--model", model, "--threads", str(threads_per_node(nodes))]
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -173,10 +180,10 @@ def run_mesh(*, nodes: int, engine: str, model: str | None, echo_rate: float, he
             _emit(as_json, {"type": "stopped", "nodes": len(children)}, f"stopped {len(children)} daemons")
 
 
-def _engine_note(engine: str, model: str | None) -> str:
+def _engine_note(engine: str, model: str) -> str:
     if engine == "echo":
         return "echo engine: streams the prompt's words back, no model"
-    return f"llama engine, model {model or 'bundled:gemma3-270m'}"
+    return f"llama engine, model {model}"
 
 
 def _supervise(children: list[Child], stopping: threading.Event, as_json: bool) -> None:

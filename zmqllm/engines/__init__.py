@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zmqllm.config import NodeConfig
 from zmqllm.engines.base import Engine
 
 
-def build_engine(kind: str, *, echo_rate: float, slots: int, model: str | None = None,
-                 model_name: str | None = None, cache_dir: Path | None = None, **llama: object) -> Engine:
-    """Make the engine named by `kind` ("echo" or "llama"); llama settings pass through."""
-    if kind == "echo":
+def build_engine(config: NodeConfig, cache_dir: Path) -> Engine:
+    """Make (not yet load) the engine a daemon's config names."""
+    if config.engine == "echo":
         from zmqllm.engines.echo import EchoEngine
 
-        return EchoEngine(rate=echo_rate, slots=slots)
-    if kind == "llama":
+        return EchoEngine(rate=config.echo_rate, slots=config.slots)
+    if config.engine == "llama":
         from zmqllm.engines.llama import LlamaEngine
 
-        assert model is not None and cache_dir is not None
-        return LlamaEngine(model=model, model_name=model_name, cache_dir=cache_dir, **llama)  # type: ignore[arg-type]
-    raise ValueError(f"unknown engine {kind!r}")
+        assert config.model is not None  # the config refuses engine = "llama" without a model
+        return LlamaEngine(model=config.model, model_name=config.model_name, cache_dir=cache_dir, n_ctx=config.ctx,
+                           n_threads=config.threads, n_gpu_layers=config.gpu_layers, n_batch=config.batch,
+                           flash_attn=config.flash_attn, chat_format=config.chat_format)
+    raise ValueError(f"unknown engine {config.engine!r}")

@@ -90,5 +90,9 @@ class Engine(ABC):
         end the generation within one token and return `finish_reason="cancelled"`.
         Raises `EngineError` for requests it cannot serve."""
 
+    async def load(self) -> None:
+        """Get ready to serve (load weights); raises `EngineError` with one clear
+        line when it cannot. The default has nothing to load."""
+
     async def close(self) -> None:
         """Release the model; the default holds nothing."""
