@@ -7,6 +7,7 @@ them generating at a time except where a test says otherwise.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,47 @@ def test_bad_model_path_and_non_gguf_file_fail_with_one_clear_line(tmp_path, hom
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and expected in errors[0] and model in errors[0], result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_chat_on_the_bundled_model_is_its_plain_template_rendered_as_a_completion(mesh):
+    from zmqllm.chat import PLAIN_STOPS, render_plain
+
+    a, _ = mesh
+    messages = [{"role": "system", "content": "You answer briefly."},
+                {"role": "user", "content": "What is the capital of France?"}]
+
+    async def go() -> tuple[dict, dict]:
+        async with AsyncClient(a.endpoint, timeout=30) as client:
+            chat = [e async for e in client.chat(messages, max_tokens=24, params={"temperature": 0.0})][-1]
+            same = [e async for e in client.submit(render_plain(messages), max_tokens=24, stop=PLAIN_STOPS,
+                                                   params={"temperature": 0.0})][-1]
+            return chat, same
+
+    chat, same = asyncio.run(go())
+    assert chat["type"] == "done" and chat["text"].strip(), chat
+    assert chat["text"] == same["text"] and chat["finish_reason"] == same["finish_reason"]
+
+
+def test_chat_to_a_model_without_a_template_is_one_clear_error(mesh, home):
+    a, _ = mesh
+    env = private_env(home)
+    model_path = next((home / "cache" / "models").glob("*.gguf"))  # the same weights, served by path: no template
+    raw = launch(env, "raw", "--model", str(model_path), "--threads", "1", "--peer", a.endpoint, engine="llama",
+                 heartbeat=HEARTBEAT_S)
+    try:
+        wait_until(lambda: states(a).get("raw") == "alive", 10, what="raw to join")
+        result = run_cli(env, "chat", "Hello", "--peer", "raw", "--connect", a.endpoint, "--model",
+                         model_path.stem, timeout=60)
+        assert result.returncode == 1, result
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "bad_request" in errors[0] and "no chat template" in errors[0], result.stderr
+        # the same node still serves completions
+        result = run_cli(env, "submit", "Hello", "--peer", "raw", "--connect", a.endpoint, "--model",
+                         model_path.stem, "--max-tokens", "4", "--json", timeout=60)
+        assert result.returncode == 0 and json.loads(result.stdout.splitlines()[-1])["type"] == "done"
+        models = json.loads(run_cli(env, "models", "--json", "--connect", a.endpoint).stdout)
+        by_name = {m["model"]: m for m in models}
+        assert by_name["gemma3-270m"]["chat"] is True and by_name[model_path.stem]["chat"] is False
+        assert by_name["gemma3-270m"]["peers"] == ["a", "b"] and by_name["gemma3-270m"]["ctx"] == 2048
+    finally:
+        raw.stop()

@@ -169,3 +169,19 @@ def test_unreachable_endpoint_exits_3_quickly(zmqllm_env, tmp_path):
     assert result.returncode == 3
     assert f"tcp://127.0.0.1:{port}" in result.stderr and result.stderr.strip().count("\n") == 0
     assert time.monotonic() - started < 10
+
+
+def test_chat_and_models_on_an_echo_mesh(spawn, zmqllm_env):
+    a = spawn("a")
+    spawn("b", "--peer", a.endpoint)
+    wait_until(lambda: len(states(a)) == 2, 5, what="mesh")
+    result = run_cli(zmqllm_env, "chat", "hello mesh", "--system", "ignored", "--max-tokens", "3", "--json",
+                     "--connect", a.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["text"] == "hello mesh hello "
+    result = run_cli(zmqllm_env, "models", "--json", "--connect", a.endpoint)
+    assert json.loads(result.stdout) == [{"model": "echo", "peers": ["a", "b"], "ctx": 0, "slots": 8, "busy": 0,
+                                          "chat": True}]
+    bad = run_cli(zmqllm_env, "chat", "hi", "--connect", a.endpoint, "--json", "--max-tokens", "2",
+                  "--task-id", "x" * 200)
+    assert bad.returncode == 1 and "task_id" in bad.stderr

@@ -107,7 +107,7 @@ def daemon(config_path: str | None, **flags: Any) -> None:
 # -- client commands ------------------------------------------------------------------
 
 def _client_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    command = click.option("--json", "as_json", is_flag=True, help="machine-readable output (see docs/cli.md)")(command)
+    command = click.option("--json", "as_json", is_flag=True, help="machine-readable output (JSON; JSON Lines for streams)")(command)
     command = click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT_S, show_default=True,
                            envvar="ZMQLLM_TIMEOUT", help="seconds to wait for the node [env: ZMQLLM_TIMEOUT]")(command)
     command = click.option("--connect", metavar="ENDPOINT", default=paths.default_connect,
@@ -187,20 +187,42 @@ def read_prompt(prompt: str) -> str:
     return prompt
 
 
+def _task_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by `submit` and `chat`: placement, sampling, ids."""
+    options = [
+        click.option("--model", help="model name, exactly as `zmqllm models` lists it (default: the only one)"),
+        click.option("--peer", help="run on this node (by name)"),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS, show_default=True),
+        click.option("--temperature", type=float, help="0 = greedy"),
+        click.option("--top-p", type=float),
+        click.option("--top-k", type=int),
+        click.option("--min-p", type=float),
+        click.option("--repeat-penalty", type=float),
+        click.option("--seed", type=int, help="same seed and parameters: same output"),
+        click.option("--stop", multiple=True, help="stop sequence (repeatable)"),
+        click.option("--task-id", help="your own task id; resending it never runs the task twice"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return _client_options(command)
+
+
+def _run_task(connect: str, timeout: float, as_json: bool, prompt: str, messages: list[dict[str, str]] | None,
+              sampling: dict[str, Any], **submit: Any) -> None:
+    from zmqllm.streaming import stream_task
+
+    params = {k: v for k, v in sampling.items() if v is not None}
+    try:
+        code = asyncio.run(stream_task(connect, timeout, as_json, prompt, messages=messages, params=params,
+                                       **submit))
+    except MeshUnreachable as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
+    sys.exit(code)
+
+
 @main.command()
 @click.argument("prompt")
-@click.option("--model", help="model name, exactly as `zmqllm peers` lists it (default: the only one)")
-@click.option("--peer", help="run on this node (by name)")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS, show_default=True)
-@click.option("--temperature", type=float)
-@click.option("--top-p", type=float)
-@click.option("--top-k", type=int)
-@click.option("--min-p", type=float)
-@click.option("--repeat-penalty", type=float)
-@click.option("--seed", type=int)
-@click.option("--stop", multiple=True, help="stop sequence (repeatable)")
-@click.option("--task-id", help="your own task id; resending it never runs the task twice")
-@_client_options
+@_task_options
 def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, stop: tuple[str, ...],
            task_id: str | None, connect: str, timeout: float, as_json: bool, **sampling: Any) -> None:
     """Run a completion on the mesh and stream its tokens to stdout.
@@ -209,19 +231,43 @@ def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, st
 
     \b
     Examples:
-      zmqllm submit "Once upon a time" --max-tokens 32
+      zmqllm submit "The capital of France is" --max-tokens 32 --temperature 0
       zmqllm submit @prompt.txt --peer c --json
     """
-    params = {k: v for k, v in sampling.items() if v is not None}
-    text = read_prompt(prompt)
-    from zmqllm.streaming import stream_task
+    _run_task(connect, timeout, as_json, read_prompt(prompt), None, sampling, model=model, peer=peer,
+              max_tokens=max_tokens, stop=stop, task_id=task_id)
 
-    try:
-        code = asyncio.run(stream_task(connect, timeout, as_json, text, model=model, peer=peer,
-                                       max_tokens=max_tokens, params=params, stop=stop, task_id=task_id))
-    except MeshUnreachable as exc:
-        raise CliError(str(exc), EXIT_UNREACHABLE) from None
-    sys.exit(code)
+
+@main.command()
+@click.argument("message")
+@click.option("--system", help="a system message before yours")
+@_task_options
+def chat(message: str, system: str | None, model: str | None, peer: str | None, max_tokens: int,
+         stop: tuple[str, ...], task_id: str | None, connect: str, timeout: float, as_json: bool,
+         **sampling: Any) -> None:
+    """Chat: send MESSAGE (text, @FILE or -) as the user and stream the reply.
+
+    The serving node renders it with the model's chat template (or the
+    configured --chat-format; the bundled model uses the simple "plain" one).
+
+    \b
+    Example:
+      zmqllm chat "Explain heartbeats in one sentence" --max-tokens 48
+    """
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": read_prompt(message)}]
+    _run_task(connect, timeout, as_json, "", messages, sampling, model=model, peer=peer, max_tokens=max_tokens,
+              stop=stop, task_id=task_id)
+
+
+@main.command()
+@_client_options
+def models(connect: str, timeout: float, as_json: bool) -> None:
+    """List every model in the mesh: which nodes serve it, context, slots, chat."""
+    from zmqllm.render import model_rows, model_table
+
+    rows = model_rows(_query(connect, timeout, lambda c: c.peers()))
+    click.echo(json.dumps(rows, indent=2) if as_json else model_table(rows))
 
 
 @main.command()

@@ -132,13 +132,15 @@ class AsyncClient:
         params: dict[str, Any] | None = None,
         stop: Sequence[str] = (),
         task_id: str | None = None,
+        messages: Sequence[dict[str, str]] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Submit a completion and stream its events until `done` or `error`."""
+        """Submit a completion (or, with `messages` and an empty prompt, a chat) and
+        stream its events until `done` or `error`."""
         task_id = task_id or uuid.uuid4().hex
         stream = self._streams.setdefault(task_id, _Stream())
         try:
             self._send("SUBMIT", task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {},
-                       stop=list(stop), model=model, peer=peer)
+                       stop=list(stop), model=model, peer=peer, messages=list(messages) if messages else None)
             while True:
                 message = await self._next_for_task(stream)
                 yield event_from(message)
@@ -146,6 +148,10 @@ class AsyncClient:
                     return
         finally:
             self._streams.pop(task_id, None)
+
+    def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+        """A chat (`[{"role": "user", "content": ...}, ...]`), streamed like `submit`."""
+        return self.submit("", messages=messages, **kwargs)
 
     async def cancel(self, task_id: str) -> None:
         """Ask the node to cancel a task; its stream then ends with `done` (cancelled)."""
@@ -215,6 +221,10 @@ class Client:
 
     def cancel(self, task_id: str) -> None:
         self._loop.run_until_complete(self._async.cancel(task_id))
+
+    def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Stream a chat's events; see `AsyncClient.submit` for the arguments."""
+        return self.submit("", messages=messages, **kwargs)
 
     def submit(self, prompt: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Stream a task's events; see `AsyncClient.submit` for the arguments."""

@@ -49,10 +49,13 @@ class Identity:
     endpoint: str
     models: tuple[str, ...]
     slots: int
+    ctx: int = 0  # context tokens per request; 0 = no limit
+    chat: bool = False  # serves chat requests
 
     @classmethod
     def from_fields(cls, fields: Any) -> Identity:
-        return cls(fields["node_id"], fields["name"], fields["endpoint"], tuple(fields["models"]), fields["slots"])
+        return cls(fields["node_id"], fields["name"], fields["endpoint"], tuple(fields["models"]), fields["slots"],
+                   fields.get("ctx", 0), fields.get("chat", False))
 
     def as_fields(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,8 @@ class Identity:
             "endpoint": self.endpoint,
             "models": list(self.models),
             "slots": self.slots,
+            "ctx": self.ctx,
+            "chat": self.chat,
         }
 
 
@@ -245,6 +250,8 @@ def _row(peer: Peer, now: float, is_self: bool) -> dict[str, Any]:
         "models": list(identity.models),
         "state": peer.state,
         "slots": {"busy": load.active, "total": identity.slots},
+        "ctx": identity.ctx,
+        "chat": identity.chat,
         "queued": load.queued,
         "tok_s": round(load.tok_s, 2),
         "heartbeat_age_s": round(max(0.0, now - peer.last_seen), 3),

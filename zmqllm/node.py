@@ -107,7 +107,8 @@ class Node:
         self.endpoint = advertised_endpoint(bound, self.settings.advertise)
         if not is_loopback(bound):
             log.warning("bound %s: traffic is plaintext and unauthenticated (no CURVE yet)", bound)
-        me = Identity(self.node_id, self.settings.name, self.endpoint, self.engine.models, self.engine.slots)
+        me = Identity(self.node_id, self.settings.name, self.endpoint, self.engine.models, self.engine.slots,
+                      self.engine.ctx, self.engine.chat)
         self.table = PeerTable(me, self.settings.liveness, self.clock())
         loops = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                  asyncio.create_task(self._liveness_loop(), name="liveness")]

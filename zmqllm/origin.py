@@ -11,7 +11,8 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from zmqllm.engines.base import SAMPLING_KEYS, EngineError, GenerationRequest, GenerationResult, TokenChunk
+from zmqllm.chat import check_messages
+from zmqllm.engines.base import SAMPLING_KEYS, EngineError, GenerationResult, TokenChunk
 from zmqllm.protocol import Message
 from zmqllm.scheduler import Candidate, NoRoute, choose_executor
 from zmqllm.tasks import OriginTask, TaskSpec, done_fields
@@ -33,6 +34,12 @@ def validate_spec(spec: TaskSpec) -> str | None:
         return "task_id must be 1-128 characters"
     if not 1 <= spec.max_tokens <= MAX_TOKENS_LIMIT:
         return f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {spec.max_tokens}"
+    if spec.messages:
+        if spec.prompt:
+            return "a task is a completion (prompt) or a chat (messages), not both"
+        problem = check_messages(spec.messages)
+        if problem is not None:
+            return problem
     for key, value in spec.params.items():
         kind = SAMPLING_KEYS.get(key)
         if kind is None:
@@ -136,7 +143,7 @@ class Origin:
             task.assign(peer.node_id, peer.name, model)
             sent = node.send_to_peer(peer.node_id, "ASSIGN", task_id=task.task_id, prompt=spec.prompt,
                                      max_tokens=spec.max_tokens, params=spec.params, stop=list(spec.stop),
-                                     model=model, origin=node.settings.name)
+                                     model=model, origin=node.settings.name, messages=list(spec.messages) or None)
             if sent is Sent.OK:
                 log.info("task %s assigned to %s", task.task_id, peer.name)
                 return
@@ -146,7 +153,7 @@ class Origin:
 
     def _run_here(self, task: OriginTask) -> None:
         spec = task.spec
-        request = GenerationRequest(spec.prompt, spec.max_tokens, spec.params, spec.stop)
+        request = spec.request()
         counter = iter(range(spec.max_tokens + 1))
 
         def on_token(chunk: TokenChunk) -> None:

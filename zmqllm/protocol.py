@@ -68,13 +68,23 @@ _OPTIONAL = "?"
 
 MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     # membership (node ↔ node)
-    "HELLO": {"node_id": STR, "name": STR, "endpoint": STR, "models": STRS, "slots": INT},
+    "HELLO": {
+        "node_id": STR,
+        "name": STR,
+        "endpoint": STR,
+        "models": STRS,
+        "slots": INT,
+        "ctx": INT + _OPTIONAL,
+        "chat": BOOL + _OPTIONAL,
+    },
     "WELCOME": {
         "node_id": STR,
         "name": STR,
         "endpoint": STR,
         "models": STRS,
         "slots": INT,
+        "ctx": INT + _OPTIONAL,
+        "chat": BOOL + _OPTIONAL,
         "peers": MAPS,
     },
     "HEARTBEAT": {
@@ -83,6 +93,8 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "endpoint": STR,
         "models": STRS,
         "slots": INT,
+        "ctx": INT + _OPTIONAL,
+        "chat": BOOL + _OPTIONAL,
         "load": MAP,
         "digest": STR,
     },
@@ -101,6 +113,7 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "stop": STRS,
         "model": STR + _OPTIONAL,
         "peer": STR + _OPTIONAL,
+        "messages": MAPS + _OPTIONAL,
     },
     "ACCEPTED": {"task_id": STR, "origin": STR},
     "ASSIGN": {
@@ -111,6 +124,7 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "stop": STRS,
         "model": STR,
         "origin": STR,
+        "messages": MAPS + _OPTIONAL,
     },
     "ACCEPT": {"task_id": STR},
     "REJECT": {"task_id": STR, "code": STR, "message": STR},

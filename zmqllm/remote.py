@@ -51,7 +51,7 @@ class RemoteTasks:
             return
         job = RemoteJob(task_id, origin, message.src)
         request = GenerationRequest(message["prompt"], message["max_tokens"], dict(message["params"]),
-                                    tuple(message["stop"]))
+                                    tuple(message["stop"]), tuple(message.get("messages") or ()))
         self.jobs[task_id] = job
         if not node.executor.submit(task_id, request, lambda chunk: self._on_token(job, chunk),
                                     lambda outcome, timings: self._on_end(job, outcome, timings)):

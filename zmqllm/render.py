@@ -47,3 +47,28 @@ def status_lines(info: dict[str, Any]) -> str:
             f"version:   {info['version']} (protocol {info['protocol_version']})",
         ]
     )
+
+
+def model_rows(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`zmqllm models`: one row per model name, from the peer listing (live nodes only)."""
+    models: dict[str, dict[str, Any]] = {}
+    for peer in peers:
+        if peer["state"] not in ("alive", "suspect"):
+            continue
+        for name in peer["models"]:
+            row = models.setdefault(name, {"model": name, "peers": [], "ctx": 0, "slots": 0, "busy": 0,
+                                           "chat": False})
+            row["peers"].append(peer["name"])
+            row["slots"] += peer["slots"]["total"]
+            row["busy"] += peer["slots"]["busy"]
+            row["chat"] = row["chat"] or bool(peer.get("chat"))
+            ctx = peer.get("ctx", 0)
+            if ctx and (not row["ctx"] or ctx < row["ctx"]):
+                row["ctx"] = ctx  # the smallest context any serving node offers
+    return sorted(models.values(), key=lambda r: r["model"])
+
+
+def model_table(rows: list[dict[str, Any]]) -> str:
+    body = [[r["model"], ",".join(r["peers"]), str(r["ctx"] or "-"), f"{r['busy']}/{r['slots']}",
+             "yes" if r["chat"] else "no"] for r in rows]
+    return table(["MODEL", "SERVED BY", "CTX", "SLOTS", "CHAT"], body)

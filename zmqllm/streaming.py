@@ -27,7 +27,7 @@ def _summary(done: dict[str, Any]) -> str:
 
 async def stream_task(connect: str, timeout: float, as_json: bool, prompt: str, *, task_id: str | None,
                       **submit: Any) -> int:
-    """Run one task and print it; returns the exit code."""
+    """Run one task (a completion, or a chat when `messages` is given) and print it."""
     task_id = task_id or uuid.uuid4().hex
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from zmqllm.engines.base import GenerationResult
+from zmqllm.engines.base import GenerationRequest, GenerationResult
 
 TaskState = Literal["routing", "assigned", "streaming", "done", "failed"]
 FINAL_STATES = ("done", "failed")
@@ -28,6 +28,7 @@ class TaskSpec:
     stop: tuple[str, ...] = ()
     model: str | None = None
     peer: str | None = None
+    messages: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_submit(cls, fields: Any) -> TaskSpec:
@@ -39,7 +40,12 @@ class TaskSpec:
             tuple(fields["stop"]),
             fields.get("model"),
             fields.get("peer"),
+            tuple(fields.get("messages") or ()),
         )
+
+    def request(self) -> GenerationRequest:
+        """What the engine runs."""
+        return GenerationRequest(self.prompt, self.max_tokens, self.params, self.stop, self.messages)
 
 
 @dataclass

@@ -49,6 +49,9 @@ class GenerationRequest:
     max_tokens: int
     params: dict[str, Any] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
+    messages: tuple[dict[str, str], ...] = ()
+    """A chat request: the engine renders these with its chat template (and
+    `prompt` is empty). See `zmqllm.chat`."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Engine(ABC):
 
     models: tuple[str, ...]
     slots: int
+    ctx: int = 0
+    """Context tokens per request; 0 = no limit (echo)."""
+    chat: bool = False
+    """Whether chat requests can be served (a chat template is known)."""
 
     @abstractmethod
     async def generate(

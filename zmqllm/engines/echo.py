@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 
+from zmqllm.chat import last_user_text
 from zmqllm.engines.base import Emit, Engine, EngineError, GenerationRequest, GenerationResult, TokenChunk
 
 ECHO_MODEL = "echo"
@@ -29,11 +30,12 @@ class EchoEngine(Engine):
 
     def __init__(self, rate: float = 50.0, slots: int = 4) -> None:
         self.models = (ECHO_MODEL,)
+        self.chat = True  # it echoes the last user message
         self.slots = slots
         self.rate = rate
 
     async def generate(self, request: GenerationRequest, emit: Emit, cancel: threading.Event) -> GenerationResult:
-        words = echo_tokens(request.prompt)
+        words = echo_tokens(last_user_text(request.messages) if request.messages else request.prompt)
         if not words:
             raise EngineError("bad_request", "the echo engine needs a prompt with at least one word")
         interval = 1.0 / self.rate if self.rate > 0 else 0.0

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zmqllm.chat import PLAIN, PLAIN_STOPS, render_plain
 from zmqllm.engines.base import (
     SAMPLING_KEYS,
     Emit,
@@ -54,7 +56,7 @@ from zmqllm.engines.base import (
     GenerationResult,
     TokenChunk,
 )
-from zmqllm.engines.bundled import advertised_name, resolve_model_path
+from zmqllm.engines.bundled import advertised_name, is_bundled, resolve_model_path
 
 log = logging.getLogger(__name__)
 cpp_log = logging.getLogger("zmqllm.llama_cpp")  # llama.cpp's own log lines
@@ -246,6 +248,8 @@ class LlamaEngine(Engine):
         self.chat_format = chat_format
         self.verbose = verbose
         self.models = (advertised_name(model, model_name),)
+        self.ctx = n_ctx
+        self._render_chat: Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]] | None = None
         self.model_path: Path | None = None
         self.load_s: float = 0.0
         # Figures of the last finished generation.
@@ -323,6 +327,8 @@ class LlamaEngine(Engine):
         self._llm = llm
         self._llama_cpp = llama_cpp
         self.model_path = path
+        self._render_chat = self._chat_renderer(llm, llama_cpp)
+        self.chat = self._render_chat is not None
         self.load_s = time.perf_counter() - t0
         log.info("loaded %s (%s) in %.2f s", self.models[0], path, self.load_s)
 
@@ -338,6 +344,15 @@ class LlamaEngine(Engine):
                 "bad_request", f"max_tokens must be >= 0, got {request.max_tokens}"
             )
         sampling = parse_sampling(request.params)
+        if request.messages:
+            if self._render_chat is None:
+                raise EngineError("bad_request", f"model {self.models[0]} has no chat template: start its daemon "
+                                  "with --chat-format plain (or a Jinja template file), or send a plain prompt")
+            try:
+                prompt, template_stops = self._render_chat(list(request.messages))
+            except Exception as exc:  # a template that raises on these messages
+                raise EngineError("bad_request", f"chat template failed: {exc}") from None
+            request = dataclasses.replace(request, prompt=prompt, messages=(), stop=request.stop + template_stops)
         stops = tuple(s for s in request.stop if s)
 
         loop = asyncio.get_running_loop()
@@ -375,6 +390,36 @@ class LlamaEngine(Engine):
         if emit_errors:
             raise emit_errors[0]
         return result
+
+    def _chat_renderer(
+        self, llm: Any, llama_cpp: Any
+    ) -> Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]] | None:
+        """How chat messages become a prompt: `chat_format` "plain" (the default
+        for the bundled base model), a Jinja template file, or the GGUF's own
+        template; None when there is none (chat requests are then refused)."""
+        fmt = self.chat_format or (PLAIN if is_bundled(self.spec) else None)
+        if fmt == PLAIN:
+            return lambda messages: (render_plain(messages), PLAIN_STOPS)
+        if fmt is not None:
+            template_path = Path(fmt).expanduser()
+            if not template_path.is_file():
+                raise EngineError("engine_failed", f"chat_format {fmt!r} is neither 'plain' nor a template file")
+            template = template_path.read_text()
+        else:
+            template = llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace")
+        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
+        formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+        def render(messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+            prompt = formatter(messages=messages).prompt
+            return prompt.removeprefix(bos), (eos,) if eos else ()  # the tokenizer adds BOS itself
+
+        return render
 
     def _prompt_tokens(self, prompt: str) -> list[int]:
         """Tokenise exactly as create_completion does (no suffix)."""
