@@ -110,14 +110,15 @@ def _raw_run(tokens: int) -> float:
 # -- the mesh: two real daemons --------------------------------------------------------------
 
 def _start_daemon(name: str, home: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """A daemon (echo at unlimited rate unless `extra` says otherwise) and its endpoint."""
     import json
 
     argv = [sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", "tcp://127.0.0.1:0",
             "--engine", "echo", "--echo-rate", "0", "--json", "--log-level", "warning", *extra]
     env = dict(os.environ, ZMQLLM_HOME=home)
+    deadline = time.monotonic() + _READY_TIMEOUT_S
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
-    deadline = time.monotonic() + _READY_TIMEOUT_S
     for line in proc.stderr:
         if '"event": "ready"' in line:
             return proc, json.loads(line)["endpoint"]
@@ -183,3 +184,82 @@ async def _wait_for_peer(endpoint: str, name: str) -> None:
                 return
             await asyncio.sleep(0.05)
     raise RuntimeError(f"peer {name} never joined")
+
+
+# -- overhead: one llama stream through the mesh vs llama-cpp-python directly ----------
+
+def _raw_llama_run(llm: Any, prompt: str, tokens: int) -> tuple[float, float]:
+    """(time to first token in ms, decode tok/s) of a fresh greedy stream."""
+    llm.reset()
+    started = time.perf_counter()
+    stamps = []
+    for _ in llm.create_completion(prompt, max_tokens=tokens, temperature=0, stream=True):
+        stamps.append(time.perf_counter())
+    return (stamps[0] - started) * 1000, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+async def _mesh_llama_run(origin: str, model: str, prompt: str, tokens: int) -> tuple[float, float]:
+    async with AsyncClient(origin, timeout=60) as client:
+        await client.status()  # connected before the clock starts, as the raw run's model is
+        started = time.perf_counter()
+        stamps = []
+        async for event in client.submit(prompt, model=model, peer="b", max_tokens=tokens,
+                                         params={"temperature": 0.0}):
+            if event["type"] == "token":
+                stamps.append(time.perf_counter())
+            elif event["type"] == "error":
+                raise RuntimeError(event["message"])
+    return (stamps[0] - started) * 1000, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def run_overhead(tokens: int, runs: int, threads: int, model: str = "bundled:gemma3-270m") -> dict[str, Any]:
+    """Single-stream decode tok/s and TTFT: client -> origin A -> executor B (llama,
+    `threads` threads) against llama-cpp-python streaming in this process with the
+    same threads, runs alternating so drift hits both alike."""
+    import llama_cpp
+
+    from zmqllm.engines.bundled import advertised_name, resolve_model_path
+    from zmqllm.paths import cache_dir
+
+    prompt = "Once upon a time, in a small village by the sea,"
+    path = resolve_model_path(model, cache_dir() / "models")
+    name = advertised_name(model, None)
+    with tempfile.TemporaryDirectory() as home:
+        a, a_endpoint = _start_daemon("a", home)
+        b, _ = _start_daemon("b", home, "--peer", a_endpoint, "--engine", "llama", "--model", str(path),
+                             "--model-name", name, "--threads", str(threads))
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                              verbose=False)
+        raw, mesh = [], []
+        try:
+            asyncio.run(_wait_for_peer(a_endpoint, "b"))
+            _raw_llama_run(llm, prompt, 8)  # warm both up
+            asyncio.run(_mesh_llama_run(a_endpoint, name, prompt, 8))
+            for _ in range(runs):
+                raw.append(_raw_llama_run(llm, prompt, tokens))
+                mesh.append(asyncio.run(_mesh_llama_run(a_endpoint, name, prompt, tokens)))
+        finally:
+            llm.close()
+            for proc in (b, a):
+                proc.terminate()
+                proc.wait(10)
+                if proc.stderr:
+                    proc.stderr.close()
+    raw_rate, mesh_rate = statistics.median(r[1] for r in raw), statistics.median(m[1] for m in mesh)
+    raw_ttft, mesh_ttft = statistics.median(r[0] for r in raw), statistics.median(m[0] for m in mesh)
+    ratio = mesh_rate / raw_rate
+    return {
+        "bench": "overhead",
+        "tokens_per_run": tokens,
+        "runs": runs,
+        "threads": threads,
+        "raw": [{"ttft_ms": round(t, 1), "tok_s": round(r, 1)} for t, r in raw],
+        "mesh": [{"ttft_ms": round(t, 1), "tok_s": round(r, 1)} for t, r in mesh],
+        "ratio": round(ratio, 3),
+        "ttft_added_ms": round(mesh_ttft - raw_ttft, 2),
+        "summary": (f"overhead, {tokens} greedy tokens x {runs} runs, {threads} threads (client -> A -> B)\n"
+                    f"  raw llama-cpp-python: median {raw_rate:.1f} tok/s, ttft {raw_ttft:.1f} ms\n"
+                    f"  zmqllm mesh:          median {mesh_rate:.1f} tok/s, ttft {mesh_ttft:.1f} ms\n"
+                    f"  ratio mesh/raw:       {ratio:.3f}  (goal >= 0.97); ttft added {mesh_ttft - raw_ttft:+.1f} ms "
+                    f"(goal <= 5)"),
+    }

@@ -304,19 +304,30 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["messaging"]))
-@click.option("--tokens", type=click.IntRange(min=100), default=20_000, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.argument("what", type=click.Choice(["messaging", "overhead"]))
+@click.option("--tokens", type=click.IntRange(min=2), default=None,
+              help="tokens per run [default: 20000 messaging, 128 overhead]")
+@click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="llama threads, raw and mesh alike [default: cores - 1, leaving one for the relay processes]")
 @click.option("--json", "as_json", is_flag=True)
-def bench(what: str, tokens: int, runs: int, as_json: bool) -> None:
+def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json: bool) -> None:
     """Measure the mesh against a raw baseline in the same run; prints ratios.
 
     \b
     messaging: tokens/s from an echo engine on node B through origin A to a
                client, against raw pyzmq+msgpack doing the same two hops.
+    overhead:  one greedy llama stream on the bundled model through A -> B,
+               against llama-cpp-python streaming directly (same threads):
+               decode tok/s ratio and time to first token added.
     """
-    from zmqllm.bench import run_messaging
+    import os
 
-    report = run_messaging(tokens=tokens, runs=runs)
+    from zmqllm import bench as benchmarks
+
+    if what == "messaging":
+        report = benchmarks.run_messaging(tokens=tokens or 20_000, runs=runs)
+    else:
+        report = benchmarks.run_overhead(tokens=tokens or 128, runs=runs,
+                                         threads=threads or max(1, (os.cpu_count() or 2) - 1))
     click.echo(json.dumps(report, indent=2) if as_json else report["summary"])
-
