@@ -197,3 +197,31 @@ def test_chat_to_a_model_without_a_template_is_one_clear_error(mesh, home):
         assert by_name["gemma3-270m"]["peers"] == ["a", "b"] and by_name["gemma3-270m"]["ctx"] == 2048
     finally:
         raw.stop()
+
+
+def test_a_jinja_chat_template_file_is_used_for_chat(mesh, home, tmp_path):
+    a, _ = mesh
+    env = private_env(home)
+    template = tmp_path / "turns.jinja"
+    template.write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]")
+    model_path = next((home / "cache" / "models").glob("*.gguf"))
+    node = launch(env, "tpl", "--model", str(model_path), "--model-name", "tpl-model", "--chat-format", str(template),
+                  "--threads", "1", "--peer", a.endpoint, engine="llama", heartbeat=HEARTBEAT_S)
+    try:
+        wait_until(lambda: states(a).get("tpl") == "alive", 10, what="tpl to join")
+        messages = [{"role": "user", "content": "Name a colour."}]
+
+        async def go() -> tuple[dict, dict]:
+            async with AsyncClient(a.endpoint, timeout=30) as client:
+                chat = [e async for e in client.chat(messages, model="tpl-model", max_tokens=12,
+                                                     params={"temperature": 0.0})][-1]
+                plain = [e async for e in client.submit("[user] Name a colour.\n[assistant]", model="tpl-model",
+                                                        max_tokens=12, stop=["<eos>"],
+                                                        params={"temperature": 0.0})][-1]
+                return chat, plain
+
+        chat, plain = asyncio.run(go())
+        assert chat["type"] == "done" and chat["executed_by"] == "tpl"
+        assert chat["text"] == plain["text"]
+    finally:
+        node.stop()

@@ -185,3 +185,24 @@ def test_chat_and_models_on_an_echo_mesh(spawn, zmqllm_env):
     bad = run_cli(zmqllm_env, "chat", "hi", "--connect", a.endpoint, "--json", "--max-tokens", "2",
                   "--task-id", "x" * 200)
     assert bad.returncode == 1 and "task_id" in bad.stderr
+
+
+def test_a_client_that_goes_away_has_its_task_cancelled_on_the_executor(spawn):
+    a = spawn("a")
+    b = spawn("b", "--peer", a.endpoint)
+    wait_until(lambda: states(a).get("b") == "alive", 5, what="mesh")
+
+    async def start_and_vanish() -> None:
+        async with AsyncClient(a.endpoint, timeout=5) as client:
+            async for event in client.submit("never ending story", peer="b", max_tokens=100_000):
+                if event["type"] == "token" and event["seq"] == 3:
+                    break  # the client closes its socket without cancelling
+
+    asyncio.run(start_and_vanish())
+
+    def executor_idle() -> bool:
+        with b.client() as client:
+            tasks = client.status()["tasks"]
+        return tasks["running"] == 0 and tasks["done"] == 1
+
+    wait_until(executor_idle, 3, interval=0.05, what="b to stop the abandoned task")
