@@ -130,6 +130,11 @@ def _query(connect: str, timeout: float, call: Callable[[AsyncClient], Any]) -> 
         raise CliError(str(exc)) from None
 
 
+def _show(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    """A listing: one JSON document, or the human table."""
+    click.echo(json.dumps(data, indent=2) if as_json else render(data))
+
+
 @main.command()
 @_client_options
 def peers(connect: str, timeout: float, as_json: bool) -> None:
@@ -139,26 +144,18 @@ def peers(connect: str, timeout: float, as_json: bool) -> None:
     Example:
       zmqllm peers --connect tcp://hostA:5555 --json
     """
-    rows = _query(connect, timeout, lambda c: c.peers())
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
     from zmqllm.render import peer_table
 
-    click.echo(peer_table(rows))
+    _show(_query(connect, timeout, lambda c: c.peers()), as_json, peer_table)
 
 
 @main.command()
 @_client_options
 def status(connect: str, timeout: float, as_json: bool) -> None:
     """Show the answering node: id, uptime, tasks, protocol version."""
-    info = _query(connect, timeout, lambda c: c.status())
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
     from zmqllm.render import status_lines
 
-    click.echo(status_lines(info))
+    _show(_query(connect, timeout, lambda c: c.status()), as_json, status_lines)
 
 
 @main.command()
@@ -266,8 +263,7 @@ def models(connect: str, timeout: float, as_json: bool) -> None:
     """List every model in the mesh: which nodes serve it, context, slots, chat."""
     from zmqllm.render import model_rows, model_table
 
-    rows = model_rows(_query(connect, timeout, lambda c: c.peers()))
-    click.echo(json.dumps(rows, indent=2) if as_json else model_table(rows))
+    _show(model_rows(_query(connect, timeout, lambda c: c.peers())), as_json, model_table)
 
 
 @main.command()

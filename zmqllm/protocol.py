@@ -66,38 +66,24 @@ MAPS = "list[map]"
 
 _OPTIONAL = "?"
 
+_IDENTITY = {
+    "node_id": STR,
+    "name": STR,
+    "endpoint": STR,
+    "models": STRS,
+    "slots": INT,
+    "ctx": INT + _OPTIONAL,
+    "chat": BOOL + _OPTIONAL,
+}
+"""What a node says about itself in HELLO, WELCOME and HEARTBEAT."""
+_TASK = {"task_id": STR, "prompt": STR, "max_tokens": INT, "params": MAP, "stop": STRS}
+"""What SUBMIT and ASSIGN both carry about the work."""
+
 MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     # membership (node ↔ node)
-    "HELLO": {
-        "node_id": STR,
-        "name": STR,
-        "endpoint": STR,
-        "models": STRS,
-        "slots": INT,
-        "ctx": INT + _OPTIONAL,
-        "chat": BOOL + _OPTIONAL,
-    },
-    "WELCOME": {
-        "node_id": STR,
-        "name": STR,
-        "endpoint": STR,
-        "models": STRS,
-        "slots": INT,
-        "ctx": INT + _OPTIONAL,
-        "chat": BOOL + _OPTIONAL,
-        "peers": MAPS,
-    },
-    "HEARTBEAT": {
-        "node_id": STR,
-        "name": STR,
-        "endpoint": STR,
-        "models": STRS,
-        "slots": INT,
-        "ctx": INT + _OPTIONAL,
-        "chat": BOOL + _OPTIONAL,
-        "load": MAP,
-        "digest": STR,
-    },
+    "HELLO": {**_IDENTITY},
+    "WELCOME": {**_IDENTITY, "peers": MAPS},
+    "HEARTBEAT": {**_IDENTITY, "load": MAP, "digest": STR},
     "PEERS": {"peers": MAPS},
     "BYE": {"node_id": STR, "name": STR},
     # queries (client → node)
@@ -105,27 +91,9 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     "GET_STATUS": {},
     "STATUS": {"status": MAP},
     # tasks
-    "SUBMIT": {
-        "task_id": STR,
-        "prompt": STR,
-        "max_tokens": INT,
-        "params": MAP,
-        "stop": STRS,
-        "model": STR + _OPTIONAL,
-        "peer": STR + _OPTIONAL,
-        "messages": MAPS + _OPTIONAL,
-    },
+    "SUBMIT": {**_TASK, "model": STR + _OPTIONAL, "peer": STR + _OPTIONAL, "messages": MAPS + _OPTIONAL},
     "ACCEPTED": {"task_id": STR, "origin": STR},
-    "ASSIGN": {
-        "task_id": STR,
-        "prompt": STR,
-        "max_tokens": INT,
-        "params": MAP,
-        "stop": STRS,
-        "model": STR,
-        "origin": STR,
-        "messages": MAPS + _OPTIONAL,
-    },
+    "ASSIGN": {**_TASK, "model": STR, "origin": STR, "messages": MAPS + _OPTIONAL},
     "ACCEPT": {"task_id": STR},
     "REJECT": {"task_id": STR, "code": STR, "message": STR},
     "TOKEN": {"task_id": STR, "seq": INT, "text": STR, "ids": INTS},
