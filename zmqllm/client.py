@@ -12,8 +12,10 @@ Streams yield the CONTRACT's JSON events as dicts: `accepted`, `token`, `done`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -22,6 +24,7 @@ from typing import Any
 import zmq
 
 from zmqllm import protocol
+from zmqllm.events import LEASE_S
 from zmqllm.protocol import Message, ProtocolError
 from zmqllm.transport import Channel, Sent
 
@@ -75,6 +78,7 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._streams: dict[str, _Stream] = {}
+        self._events: _Stream | None = None
 
     async def __aenter__(self) -> AsyncClient:
         self._ctx = zmq.Context()
@@ -149,6 +153,31 @@ class AsyncClient:
         finally:
             self._streams.pop(task_id, None)
 
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """This node's trace events, one batch at a time (`{"node", "events",
+        "dropped"}`, see docs/protocol.md), until the iterator is closed. The
+        subscription's lease is renewed while iterating; a node that stops
+        answering raises `MeshUnreachable`."""
+        stream = self._events = _Stream()
+        try:
+            await self.request("SUBSCRIBE")
+            renew_at = time.monotonic() + LEASE_S / 3
+            while True:
+                while not stream.messages:
+                    stream.arrived.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stream.arrived.wait(), max(0.0, renew_at - time.monotonic()))
+                    if time.monotonic() >= renew_at:
+                        await self.request("SUBSCRIBE")
+                        renew_at = time.monotonic() + LEASE_S / 3
+                batch = stream.messages.popleft()
+                yield {"node": batch["node"], "events": batch["events"], "dropped": batch["dropped"]}
+        finally:
+            self._events = None
+            if self._channel is not None:
+                with contextlib.suppress(MeshUnreachable):
+                    self._send("UNSUBSCRIBE")
+
     def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
         """A chat (`[{"role": "user", "content": ...}, ...]`), streamed like `submit`."""
         return self.submit("", messages=messages, **kwargs)
@@ -183,6 +212,11 @@ class AsyncClient:
         except ProtocolError:
             return
         for message in messages:
+            if message.type == "EVENTS" and message.re is None:
+                if self._events is not None:
+                    self._events.messages.append(message)
+                    self._events.arrived.set()
+                continue
             task_id = message.get("task_id")
             stream = self._streams.get(task_id) if isinstance(task_id, str) else None
             if stream is not None:

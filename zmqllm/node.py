@@ -23,6 +23,7 @@ import zmq
 
 from zmqllm import __version__, protocol
 from zmqllm.engines.base import Engine
+from zmqllm.events import FLUSH_INTERVAL_S, EventHub
 from zmqllm.executor import Executor
 from zmqllm.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
 from zmqllm.origin import Origin
@@ -92,6 +93,7 @@ class Node:
         self.links: dict[str, Link] = {}
         self.origin = Origin(self)
         self.remote = RemoteTasks(self)
+        self.events = EventHub()
         self._ids = itertools.count(1)
         self._stopping = asyncio.Event()
         self._fatal: FatalNodeError | None = None
@@ -111,7 +113,8 @@ class Node:
                       self.engine.ctx, self.engine.chat)
         self.table = PeerTable(me, self.settings.liveness, self.clock())
         loops = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                 asyncio.create_task(self._liveness_loop(), name="liveness")]
+                 asyncio.create_task(self._liveness_loop(), name="liveness"),
+                 asyncio.create_task(self._events_loop(), name="events")]
         for seed in self.settings.peers:
             self.dial(seed)
         if on_ready:
@@ -169,11 +172,15 @@ class Node:
         messages (a task's last word) pass even a full outbox. Failures to deliver
         come back through `_undeliverable`."""
         assert self.mailer is not None
-        self.mailer.post(identity, protocol.encode(self.message(type_, re=re, **fields)), final)
+        payload = protocol.encode(self.message(type_, re=re, **fields))
+        self.mailer.post(identity, payload, final)
+        if self.events.active and type_ != "EVENTS":
+            self._trace(type_, self.settings.name, self._name_of(identity), fields.get("task_id"), len(payload))
 
     def _undeliverable(self, identity: bytes, sent: Sent) -> None:
         """A receiver is gone or not reading: its tasks stop."""
         log.info("receiver %r %s", identity, sent.value)
+        self.events.unsubscribe(identity)
         self.origin.client_failed(identity, sent)
         self.remote.origin_failed(identity, sent)
 
@@ -187,7 +194,13 @@ class Node:
         link = self.link_for(node_id)
         if link is None:
             return Sent.UNREACHABLE
-        return link.channel.send([protocol.encode(self.message(type_, **fields))])
+        return self._send_on_link(link, type_, protocol.encode(self.message(type_, **fields)), fields.get("task_id"))
+
+    def _send_on_link(self, link: Link, type_: str, payload: bytes, task_id: str | None = None) -> Sent:
+        if self.events.active:
+            peer = self.table.get(link.node_id) if self.table and link.node_id else None
+            self._trace(type_, self.settings.name, peer.name if peer else link.endpoint, task_id, len(payload))
+        return link.channel.send([payload])
 
     def link_for(self, node_id: str) -> Link | None:
         peer = self.table.get(node_id) if self.table else None
@@ -214,7 +227,7 @@ class Node:
 
     def _say_hello(self, link: Link) -> None:
         hello = self.message("HELLO", **self.identity().as_fields())
-        link.channel.send([protocol.encode(hello)])
+        self._send_on_link(link, "HELLO", protocol.encode(hello))
 
     def _observe(self, fields: Any, load: Load | None, reply_to: bytes | None) -> bool:
         """Record a peer's identity; a name clash is refused (and fatal to the newcomer)."""
@@ -229,6 +242,8 @@ class Node:
                 self.reply_error(reply_to, "name_taken", f"refused by {self.settings.name}: {exc}")
             return False
         if change != "updated":
+            self.publish({"k": "peer", "name": identity.name, "state": "alive",
+                          "old": None if change == "joined" else "dead"})
             log.info("peer %s %s (%s, models=%s)", identity.name, change, identity.endpoint, ",".join(identity.models))
         self.dial(identity.endpoint)
         link = self.links.get(identity.endpoint)
@@ -239,6 +254,7 @@ class Node:
 
     def _on_transition(self, change: Transition) -> None:
         log.info("peer %s %s -> %s", change.peer.name, change.old, change.new)
+        self.publish({"k": "peer", "name": change.peer.name, "state": change.new, "old": change.old})
         if change.new in ("dead", "left"):
             self.origin.executor_lost(change.peer.node_id, change.peer.name, change.new)
             self.remote.origin_lost(change.peer.node_id)
@@ -263,7 +279,7 @@ class Node:
             for link in list(self.links.values()):
                 peer = self.table.get(link.node_id) if link.node_id else None
                 if peer is not None and peer.state in ("alive", "suspect"):
-                    link.channel.send([frame])
+                    self._send_on_link(link, "HEARTBEAT", frame)
                 else:
                     self._say_hello(link)
             next_beat += interval
@@ -280,6 +296,10 @@ class Node:
             log.warning("bad frame from %r: %s", identity, exc.message)
             self.reply_error(identity, exc.code, exc.message, re=exc.ref)
             return
+        if self.events.active and self.table is not None and self.table.get(identity.decode("latin-1")) is None:
+            for message in messages:
+                self._trace(message.type, self._name_of(identity), self.settings.name, message.get("task_id"),
+                            len(frames[-1]))
         for message in messages:
             try:
                 self._dispatch_router(identity, message)
@@ -332,6 +352,12 @@ class Node:
                                  re=message.id, task_id=message["task_id"])
         elif kind == "ASSIGN":
             self.remote.on_assign(identity, message)
+        elif kind in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            if kind == "SUBSCRIBE":
+                self.events.subscribe(identity, self.clock())
+            else:
+                self.events.unsubscribe(identity)
+            self.reply(identity, "EVENTS", re=message.id, node=self.settings.name, events=[], dropped=0)
         else:
             self.reply_error(identity, "bad_request", f"{kind} is not accepted on a node's socket", re=message.id)
 
@@ -349,6 +375,31 @@ class Node:
             self.origin.on_executor_message(message)
         else:
             log.debug("ignoring %s from %s", kind, link.endpoint)
+
+    # -- trace events for dashboards ----------------------------------------------------------
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Offer an event to subscribed dashboards (nothing is built when none listens)."""
+        if self.events.active:
+            event["ts"] = round(time.time(), 4)
+            self.events.publish(event)
+
+    def _trace(self, type_: str, src: str, dst: str, task_id: str | None, size: int) -> None:
+        event: dict[str, Any] = {"k": "msg", "type": type_, "src": src, "dst": dst, "size": size}
+        if task_id is not None:
+            event["task_id"] = task_id
+        self.publish(event)
+
+    def _name_of(self, identity: bytes) -> str:
+        """A ROUTER identity as a dashboard shows it: a peer's name, or client:<id>."""
+        peer = self.table.get(identity.decode("latin-1")) if self.table else None
+        return peer.name if peer is not None else "client:" + identity.hex()[:8]
+
+    async def _events_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            for identity, events, dropped in self.events.drain(self.clock()):
+                self.reply(identity, "EVENTS", node=self.settings.name, events=events, dropped=dropped)
 
     # -- status ------------------------------------------------------------------------------
 

@@ -77,6 +77,7 @@ class Origin:
         self.clients[spec.task_id] = [client]
         self.node.reply(client, "ACCEPTED", re=message.id, task_id=spec.task_id, origin=self.node.settings.name)
         log.info("task %s accepted (model=%s, peer=%s)", spec.task_id, spec.model, spec.peer)
+        self._publish_task(task)
         self._route(task)
 
     def on_cancel(self, client: bytes, message: Message) -> bool:
@@ -136,6 +137,7 @@ class Origin:
                 return
             if chosen.is_self:
                 task.assign(node.node_id, chosen.name, model)
+                self._publish_task(task)
                 self._run_here(task)
                 return
             peer = node.table.by_name(chosen.name)
@@ -146,6 +148,7 @@ class Origin:
                                      model=model, origin=node.settings.name, messages=list(spec.messages) or None)
             if sent is Sent.OK:
                 log.info("task %s assigned to %s", task.task_id, peer.name)
+                self._publish_task(task)
                 return
             if spec.peer:
                 self._end_error(task, "peer_dead", f"node {peer.name!r} cannot be reached", True)
@@ -206,15 +209,21 @@ class Origin:
     # -- towards the client --------------------------------------------------------------
 
     def _relay_token(self, task: OriginTask, seq: int, text: str, ids: list[int]) -> None:
+        was_streaming = task.state == "streaming"
         out_seq = task.accept_token(seq, text, ids)
         if out_seq is None:
             return
+        if self.node.events.active:
+            if not was_streaming:
+                self._publish_task(task)
+            self.node.publish({"k": "token", "task_id": task.task_id, "seq": out_seq, "text": text})
         self._to_clients(task, "TOKEN", task_id=task.task_id, seq=out_seq, text=text, ids=ids)
 
     def _end_done(self, task: OriginTask, fields: dict[str, Any]) -> None:
         if task.finished:
             return
         done = task.finish(fields)
+        self._publish_task(task, finish_reason=done.get("finish_reason", ""))
         log.info("task %s done on %s (%s, %d tokens)", task.task_id, task.executor_name, done.get("finish_reason"),
                  len(task.tokens))
         self._to_clients(task, "DONE", **done)
@@ -224,6 +233,7 @@ class Origin:
         if task.finished:
             return
         error = task.fail(code, text, retryable)  # first, so the executor's own ending is ignored
+        self._publish_task(task, error=f"{code}: {text}")
         if task.executor_id and task.executor_id != self.node.node_id:
             self.node.send_to_peer(task.executor_id, "CANCEL", task_id=task.task_id)
         elif task.executor_id:
@@ -241,6 +251,13 @@ class Origin:
             self._end_done(task, {"finish_reason": "cancelled", "usage": {"prompt_tokens": 0,
                                   "completion_tokens": len(task.tokens)}, "timings": {}, "executed_by": "",
                                   "executed_on": []})
+
+    def _publish_task(self, task: OriginTask, **extra: str) -> None:
+        """A task's state change, for dashboards."""
+        if self.node.events.active:
+            self.node.publish({"k": "task", "task_id": task.task_id, "state": task.state,
+                               "origin": self.node.settings.name, "executor": task.executor_name,
+                               "model": task.model, "tokens": len(task.tokens), **extra})
 
     def _send_final(self, client: bytes, task: OriginTask) -> None:
         assert task.final is not None and task.final_type is not None

@@ -113,6 +113,10 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "task_id": STR + _OPTIONAL,
     },
     "CANCEL": {"task_id": STR},
+    # dashboards
+    "SUBSCRIBE": {},
+    "UNSUBSCRIBE": {},
+    "EVENTS": {"node": STR, "events": MAPS, "dropped": INT},
 }
 """Every message type and its fields; a trailing `?` marks an optional field."""
 

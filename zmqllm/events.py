@@ -1,0 +1,78 @@
+"""Trace events for dashboards: who sent what to whom, task and peer changes. Pure.
+
+A subscriber (a dashboard's DEALER) holds a lease it renews by subscribing
+again; events for it wait in a bounded buffer between flushes, and what does
+not fit is counted, not kept — so a slow or vanished dashboard costs a node a
+fixed amount of memory and never slows the mesh. The node flushes every
+`FLUSH_INTERVAL_S` (one EVENTS batch per subscriber) and publishes nothing at
+all while nobody is subscribed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+FLUSH_INTERVAL_S = 0.1
+"""How often buffered events leave as one EVENTS batch (10 Hz: a dashboard's repaint rate)."""
+BUFFER_LIMIT = 5_000
+"""Events held per subscriber between flushes; past it they are counted as dropped."""
+LEASE_S = 10.0
+"""A subscription lapses unless renewed within this many seconds."""
+
+Event = dict[str, Any]
+
+
+@dataclass
+class Subscriber:
+    """One dashboard's pending events."""
+
+    expires: float
+    events: list[Event] = field(default_factory=list)
+    dropped: int = 0
+
+
+class EventHub:
+    """Subscribers of one node and what is waiting for each."""
+
+    def __init__(self, limit: int = BUFFER_LIMIT, lease_s: float = LEASE_S) -> None:
+        self.limit = limit
+        self.lease_s = lease_s
+        self._subscribers: dict[bytes, Subscriber] = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether anyone listens (callers skip building events otherwise)."""
+        return bool(self._subscribers)
+
+    def subscribe(self, identity: bytes, now: float) -> None:
+        """Start or renew a subscription."""
+        subscriber = self._subscribers.get(identity)
+        if subscriber is None:
+            self._subscribers[identity] = Subscriber(now + self.lease_s)
+        else:
+            subscriber.expires = now + self.lease_s
+
+    def unsubscribe(self, identity: bytes) -> None:
+        self._subscribers.pop(identity, None)
+
+    def publish(self, event: Event) -> None:
+        """Offer one event to every subscriber: constant work per subscriber."""
+        for subscriber in self._subscribers.values():
+            if len(subscriber.events) < self.limit:
+                subscriber.events.append(event)
+            else:
+                subscriber.dropped += 1
+
+    def drain(self, now: float) -> list[tuple[bytes, list[Event], int]]:
+        """Take what waits for each live subscriber: (identity, events, dropped).
+        Lapsed subscriptions are forgotten; subscribers with nothing new are skipped."""
+        batches = []
+        for identity, subscriber in list(self._subscribers.items()):
+            if subscriber.expires < now:
+                del self._subscribers[identity]
+                continue
+            if subscriber.events or subscriber.dropped:
+                batches.append((identity, subscriber.events, subscriber.dropped))
+                subscriber.events, subscriber.dropped = [], 0
+        return batches
