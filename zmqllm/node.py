@@ -323,7 +323,8 @@ class Node:
     def _dispatch_router(self, identity: bytes, message: Message) -> None:
         assert self.table is not None
         kind = message.type
-        if message.src and self.table.heard_from(message.src, self.clock()) is False and kind == "BYE":
+        known_peer = self.table.heard_from(message.src, self.clock())
+        if kind == "BYE" and not known_peer:
             return
         if kind == "HELLO":
             if self._observe(message.fields, None, identity):
