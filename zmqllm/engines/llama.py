@@ -20,34 +20,26 @@ Two deliberate differences from `create_completion`:
 - with several stop sequences, the text is cut at the earliest one in the text
   (`create_completion` cuts at the first one in list order that occurs).
 
-Chunks and ids: each `TokenChunk` carries the ids of the tokens whose text it
-completes, so the text delivered so far always equals the decoded ids delivered
-so far. Tokens are held back (text and id together) while their bytes end in an
-incomplete UTF-8 character or their text could be the start of a stop sequence.
-The one exception is the last chunk of a stopped generation: it carries the ids
-of the tokens that hold the stop text, but not that text.
+How sampled tokens become `TokenChunk`s (ids held back with their text while
+it ends in a partial UTF-8 character or a possible stop prefix) is
+`zmqllm.engines.sampling.TokenText`; llama.cpp's logging is `llama_log`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import dataclasses
 import logging
-import math
-import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zmqllm.chat import PLAIN, PLAIN_STOPS, render_plain
 from zmqllm.engines.base import (
-    SAMPLING_KEYS,
     Emit,
     Engine,
     EngineError,
@@ -57,78 +49,12 @@ from zmqllm.engines.base import (
     TokenChunk,
 )
 from zmqllm.engines.bundled import advertised_name, is_bundled, resolve_model_path
+from zmqllm.engines.llama_log import collect_load_errors, install_quiet_logging
+from zmqllm.engines.sampling import Sampling, TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
-cpp_log = logging.getLogger("zmqllm.llama_cpp")  # llama.cpp's own log lines
 
 GGUF_MAGIC = b"GGUF"
-
-# create_completion's defaults in llama-cpp-python 0.3.36.
-DEFAULT_SAMPLING: dict[str, Any] = {
-    "temperature": 0.8,
-    "top_p": 0.95,
-    "top_k": 40,
-    "min_p": 0.05,
-    "repeat_penalty": 1.0,
-}
-_SEED_MOD = 0xFFFFFFFF  # seeds map into 0 .. 2**32-2 (2**32-1 means "random" to llama.cpp)
-_seed_source = random.SystemRandom()
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    repeat_penalty: float
-    seed: int | None
-
-
-def parse_sampling(params: dict[str, Any]) -> Sampling:
-    """Validate `request.params` (keys of `base.SAMPLING_KEYS`) and fill in
-    create_completion's defaults. Raises `EngineError("bad_request", ...)`."""
-    unknown = sorted(set(params) - set(SAMPLING_KEYS))
-    if unknown:
-        raise EngineError(
-            "bad_request",
-            f"unknown sampling parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(SAMPLING_KEYS)}",
-        )
-    values: dict[str, Any] = dict(DEFAULT_SAMPLING)
-    for key, value in params.items():
-        want = SAMPLING_KEYS[key]
-        if value is None:
-            continue
-        ok = isinstance(value, int) if want is int else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok:
-            raise EngineError(
-                "bad_request", f"{key} must be {want.__name__}, got {value!r}"
-            )
-        if want is float:
-            value = float(value)
-            if not math.isfinite(value):
-                raise EngineError("bad_request", f"{key} must be finite, got {value!r}")
-        values[key] = value
-    checks = [
-        ("temperature", values["temperature"] >= 0.0, ">= 0"),
-        ("top_p", 0.0 <= values["top_p"] <= 1.0, "in [0, 1]"),
-        ("top_k", values["top_k"] >= 0, ">= 0 (0 = no limit)"),
-        ("min_p", 0.0 <= values["min_p"] <= 1.0, "in [0, 1]"),
-        ("repeat_penalty", values["repeat_penalty"] > 0.0, "> 0"),
-    ]
-    for key, ok, rule in checks:
-        if not ok:
-            raise EngineError("bad_request", f"{key} must be {rule}, got {values[key]!r}")
-    seed = values.get("seed")
-    return Sampling(
-        temperature=values["temperature"],
-        top_p=values["top_p"],
-        top_k=values["top_k"],
-        min_p=values["min_p"],
-        repeat_penalty=values["repeat_penalty"],
-        seed=None if seed is None else seed % _SEED_MOD,
-    )
 
 
 def check_gguf(path: Path) -> None:
@@ -150,69 +76,6 @@ def check_gguf(path: Path) -> None:
             "engine_failed",
             f"model file {path} is not a GGUF file (starts with {head!r}, expected b'GGUF')",
         )
-
-
-# --- llama.cpp logging ---------------------------------------------------------
-#
-# With verbose=False, llama-cpp-python 0.3.36 silences model loading by dup2()-ing
-# file descriptors 1 and 2 to /dev/null and swapping sys.stdout/sys.stderr,
-# process-wide, for the whole load: anything the daemon logs meanwhile, from any
-# thread, is lost. So for verbose=False we replace that context manager with a
-# no-op and route llama.cpp's log callback into the `zmqllm.llama_cpp` logger
-# instead (the daemon's logging config decides what shows); ERROR lines logged
-# during a failed load go into the EngineError message.
-
-# ggml_log_level as llama.cpp in 0.3.36 sends it: NONE 0, DEBUG 1, INFO 2, WARN 3,
-# ERROR 4, CONT 5 (llama_cpp._logger still maps the older enum: it shows WARN lines
-# as errors and hides real ERROR lines as debug).
-# llama.cpp's INFO is a page of model metadata per load: shown with --log-level debug.
-_LOG_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG,
-               3: logging.WARNING, 4: logging.ERROR}
-_log_lock = threading.Lock()
-_log_installed = False
-_log_callback: Any = None  # keeps the ctypes callback alive
-_load_errors: list[str] | None = None  # collects ERROR lines during a load
-
-
-class _NoSuppress:
-    def __init__(self, disable: bool = True) -> None:
-        pass
-
-    def __enter__(self) -> _NoSuppress:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        return None
-
-
-def _install_quiet_logging(llama_cpp: Any) -> None:
-    global _log_installed, _log_callback
-    with _log_lock:
-        if _log_installed:
-            return
-        last = [logging.DEBUG]
-
-        def on_log(level: int, text: bytes, _user: Any) -> None:
-            try:
-                lvl = last[0] if level == 5 else _LOG_LEVELS.get(level, logging.INFO)
-                last[0] = lvl
-                line = text.decode("utf-8", "replace").rstrip()
-                if not line.strip(". "):  # progress dots
-                    return
-                if lvl >= logging.ERROR and _load_errors is not None:
-                    _load_errors.append(line)
-                cpp_log.log(lvl, "%s", line)
-            except Exception:  # never raise into C
-                pass
-
-        _log_callback = llama_cpp.llama_log_callback(on_log)
-        llama_cpp.llama_log_set(_log_callback, None)
-        import llama_cpp._internals as internals
-        import llama_cpp.llama as llama_mod
-
-        llama_mod.suppress_stdout_stderr = _NoSuppress
-        internals.suppress_stdout_stderr = _NoSuppress
-        _log_installed = True
 
 
 # --- the engine -----------------------------------------------------------------
@@ -287,7 +150,6 @@ class LlamaEngine(Engine):
         await loop.run_in_executor(self._executor, self._load_blocking)
 
     def _load_blocking(self) -> None:
-        global _load_errors
         if self._llm is not None:
             return
         t0 = time.perf_counter()
@@ -301,29 +163,27 @@ class LlamaEngine(Engine):
                 f"llama-cpp-python is not importable ({exc}): pip install llama-cpp-python",
             ) from exc
         if not self.verbose:
-            _install_quiet_logging(llama_cpp)
-        _load_errors = []
-        try:
-            llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=self.n_ctx,
-                n_batch=self.n_batch,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
-                n_gpu_layers=self.n_gpu_layers,
-                flash_attn=self.flash_attn,
-                chat_format=self.chat_format,
-                verbose=self.verbose,
-            )
-        except Exception as exc:
-            errors = [e for e in _load_errors if e]
-            detail = errors[0] if errors else f"{type(exc).__name__}: {exc}"
-            raise EngineError(
-                "engine_failed",
-                f"llama.cpp could not load {path}: {detail}".replace("\n", " "),
-            ) from exc
-        finally:
-            _load_errors = None
+            install_quiet_logging(llama_cpp)
+        with collect_load_errors() as load_errors:
+            try:
+                llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=self.n_ctx,
+                    n_batch=self.n_batch,
+                    n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads,
+                    n_gpu_layers=self.n_gpu_layers,
+                    flash_attn=self.flash_attn,
+                    chat_format=self.chat_format,
+                    verbose=self.verbose,
+                )
+            except Exception as exc:
+                errors = [e for e in load_errors if e]
+                detail = errors[0] if errors else f"{type(exc).__name__}: {exc}"
+                raise EngineError(
+                    "engine_failed",
+                    f"llama.cpp could not load {path}: {detail}".replace("\n", " "),
+                ) from exc
         self._llm = llm
         self._llama_cpp = llama_cpp
         self.model_path = path
@@ -479,9 +339,7 @@ class LlamaEngine(Engine):
                     self._reset()
                     return self._finish("cancelled", n_prompt, 0, t_start, None, None)
                 llm.eval(prompt_tokens[i : i + llm.n_batch])
-            llm.set_seed(
-                sampling.seed if sampling.seed is not None else _seed_source.randrange(_SEED_MOD)
-            )
+            llm.set_seed(sampling.seed_to_use())
             gen = llm.generate(
                 prompt_tokens,
                 top_k=sampling.top_k,
@@ -504,12 +362,9 @@ class LlamaEngine(Engine):
             raise EngineError("engine_failed", f"llama.cpp prefill failed: {exc}") from exc
 
         vocab = llm._model.vocab
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         # detokenize() drops a leading space when the text starts with BOS, and
         # create_completion starts an empty prompt's completion with BOS.
-        strip_space = n_prompt > 0 and request.prompt == ""
-        pending_ids: list[int] = []
-        pending_text = ""
+        text = TokenText(stops, bos_id=llm.token_bos(), strip_space=n_prompt > 0 and request.prompt == "")
         n = 0  # completion tokens (EOS excluded)
         n_sampled = 0  # tokens sampled (EOS included)
         finish: FinishReason = "length"
@@ -529,32 +384,20 @@ class LlamaEngine(Engine):
                     finish = "stop"
                     break
                 n += 1
-                if n == 1 and tok == llm.token_bos():
-                    strip_space = True
-                piece = llm.detokenize([tok])
-                if strip_space and piece:
-                    if piece[:1] == b" ":
-                        piece = piece[1:]
-                    strip_space = False
-                pending_ids.append(tok)
-                pending_text += decoder.decode(piece)
-                if stops:
-                    cut = _earliest_stop(pending_text, stops)
-                    if cut is not None:
-                        deliver(TokenChunk(pending_text[:cut], tuple(pending_ids)))
-                        pending_ids, pending_text = [], ""
-                        finish = "stop"
-                        break
+                text.push(tok, llm.detokenize([tok]))
+                last_chunk = text.take_stopped()
+                if last_chunk is not None:
+                    deliver(last_chunk)
+                    finish = "stop"
+                    break
                 if n >= max_new:
                     break
                 if stopped():
                     finish = "cancelled"
                     break
-                if pending_text and not decoder.getstate()[0] and not (
-                    stops and _holds_stop_prefix(pending_text, stops)
-                ):
-                    deliver(TokenChunk(pending_text, tuple(pending_ids)))
-                    pending_ids, pending_text = [], ""
+                chunk = text.take_ready()
+                if chunk is not None:
+                    deliver(chunk)
         except Exception as exc:
             self._safe_reset()
             raise EngineError("engine_failed", f"llama.cpp generation failed: {exc}") from exc
@@ -563,9 +406,9 @@ class LlamaEngine(Engine):
             llm._sampler = None
         # Whatever is held back (a possible stop prefix, ids of an incomplete
         # character) ends the stream; a dangling partial character is dropped.
-        pending_text += decoder.decode(b"", final=True)
-        if pending_text or pending_ids:
-            deliver(TokenChunk(pending_text, tuple(pending_ids)))
+        rest = text.take_rest()
+        if rest is not None:
+            deliver(rest)
         return self._finish(finish, n_prompt, n, t_start, t_first, t_last, n_sampled)
 
     def _finish(
@@ -608,18 +451,4 @@ class LlamaEngine(Engine):
             llm.close()
 
 
-def _earliest_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def _holds_stop_prefix(text: str, stops: tuple[str, ...]) -> bool:
-    """Whether some suffix of `text` is a proper prefix of a stop sequence."""
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                return True
-    return False
-
-
-__all__ = ["LlamaEngine", "Sampling", "parse_sampling", "check_gguf", "GGUF_MAGIC"]
+__all__ = ["LlamaEngine", "check_gguf", "GGUF_MAGIC", "parse_sampling"]
