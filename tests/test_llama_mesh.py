@@ -225,3 +225,38 @@ def test_a_jinja_chat_template_file_is_used_for_chat(mesh, home, tmp_path):
         assert chat["text"] == plain["text"]
     finally:
         node.stop()
+
+
+def test_greedy_failover_mid_stream_gives_the_uninterrupted_text(home):
+    """SIGKILL the executing llama daemon mid-stream: the task resumes on the other
+    one, which replays the delivered tokens, and the text equals an uninterrupted run."""
+    import signal
+
+    env = private_env(home)
+    llama = ("--model", MODEL, "--threads", "1")
+    a = launch(env, "fa", *llama, engine="llama", heartbeat=HEARTBEAT_S)
+    b = launch(env, "fb", *llama, "--peer", a.endpoint, engine="llama", heartbeat=HEARTBEAT_S)
+    try:
+        wait_until(lambda: states(a) == {"fa": "alive", "fb": "alive"}, 10, what="mesh")
+        prompt, params = PROMPTS[1], {"temperature": 0.0}
+        reference = _run(a.endpoint, prompt, peer="fb", max_tokens=48, params=params)[-1]["text"]
+
+        async def interrupted() -> list[dict]:
+            events = []
+            async with AsyncClient(a.endpoint, timeout=30) as client:
+                async for event in client.submit(prompt, peer="fb", max_tokens=48, params=params):
+                    events.append(event)
+                    if event["type"] == "token" and event["seq"] == 15:
+                        b.proc.send_signal(signal.SIGKILL)
+            return events
+
+        events = asyncio.run(interrupted())
+        done = events[-1]
+        assert [e["to"] for e in events if e["type"] == "failover"] == ["fa"]
+        assert done["type"] == "done" and done["executed_on"] == ["fb", "fa"], done
+        assert done["text"] == reference
+        seqs = [e["seq"] for e in events if e["type"] == "token"]
+        assert seqs == list(range(len(seqs))) and len(seqs) > 16
+    finally:
+        b.stop()
+        a.stop()

@@ -206,3 +206,59 @@ def test_a_client_that_goes_away_has_its_task_cancelled_on_the_executor(spawn):
         return tasks["running"] == 0 and tasks["done"] == 1
 
     wait_until(executor_idle, 3, interval=0.05, what="b to stop the abandoned task")
+
+
+def _failover_run(spawn, kill: str, *, failover: bool = True, tokens: int = 200) -> tuple[list[dict], float]:
+    """Stream `tokens` echo tokens from b through origin a, with c standing by; after
+    ~30 % of them, `kill` ("SIGKILL" or "SIGTERM") the executor b."""
+    import signal as signals
+
+    interval = 0.2
+    a = spawn("a", "--echo-rate", "100", heartbeat=interval)
+    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "100", heartbeat=interval)
+    spawn("c", "--peer", a.endpoint, "--echo-rate", "100", heartbeat=interval)
+    wait_until(lambda: list(states(a).values()) == ["alive"] * 3, 5, what="mesh")
+
+    async def run() -> tuple[list[dict], float]:
+        events, killed_at, resumed_after = [], 0.0, 0.0
+        async with AsyncClient(a.endpoint, timeout=10) as client:
+            async for event in client.submit("one two three four five", peer="b", max_tokens=tokens,
+                                             failover=failover):
+                events.append(event)
+                if event["type"] == "token" and event["seq"] == int(tokens * 0.3):
+                    b.proc.send_signal(getattr(signals, kill))
+                    killed_at = time.monotonic()
+                if event["type"] == "token" and killed_at and not resumed_after and any(
+                        e["type"] == "failover" for e in events):
+                    resumed_after = time.monotonic() - killed_at
+        return events, resumed_after
+
+    return asyncio.run(run())
+
+
+def test_sigkilled_executor_fails_over_and_every_token_arrives_once_in_order(spawn):
+    events, resumed_after = _failover_run(spawn, "SIGKILL")
+    tokens = [e for e in events if e["type"] == "token"]
+    assert [t["seq"] for t in tokens] == list(range(200))
+    words = echo_tokens("one two three four five")
+    assert [t["text"] for t in tokens] == [words[i % 5] for i in range(200)]
+    failovers = [e for e in events if e["type"] == "failover"]
+    assert len(failovers) == 1 and failovers[0]["from"] == "b" and failovers[0]["to"] in ("a", "c")
+    done = events[-1]
+    assert done["type"] == "done" and done["executed_on"] == ["b", failovers[0]["to"]]
+    assert done["usage"]["completion_tokens"] == 200 and done["text"] == "".join(t["text"] for t in tokens)
+    # detection (0.2 s x 4 intervals, checked 4x per interval) plus one second
+    assert resumed_after <= 0.2 * 4 + 0.05 + 1.0, f"resumed {resumed_after:.2f}s after the kill"
+
+
+def test_executor_stopped_with_sigterm_hands_over_at_once(spawn):
+    events, resumed_after = _failover_run(spawn, "SIGTERM")
+    assert [t["seq"] for t in events if t["type"] == "token"] == list(range(200))
+    assert [e["reason"] for e in events if e["type"] == "failover"] == ["executor b stopped"]
+    assert resumed_after < 0.5, f"resumed {resumed_after:.2f}s after SIGTERM"
+
+
+def test_no_failover_ends_the_task_with_peer_dead(spawn):
+    events, _ = _failover_run(spawn, "SIGKILL", failover=False)
+    assert not [e for e in events if e["type"] == "failover"]
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "peer_dead"

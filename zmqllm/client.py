@@ -30,7 +30,7 @@ from zmqllm.transport import Channel, Sent
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_TOKENS = 128
-_EVENT_TYPES = {"ACCEPTED": "accepted", "TOKEN": "token", "DONE": "done", "ERROR": "error"}
+_EVENT_TYPES = {"ACCEPTED": "accepted", "TOKEN": "token", "FAILOVER": "failover", "DONE": "done", "ERROR": "error"}
 
 
 class MeshUnreachable(Exception):
@@ -137,6 +137,7 @@ class AsyncClient:
         stop: Sequence[str] = (),
         task_id: str | None = None,
         messages: Sequence[dict[str, str]] | None = None,
+        failover: bool = True,
     ) -> AsyncIterator[dict[str, Any]]:
         """Submit a completion (or, with `messages` and an empty prompt, a chat) and
         stream its events until `done` or `error`."""
@@ -144,7 +145,8 @@ class AsyncClient:
         stream = self._streams.setdefault(task_id, _Stream())
         try:
             self._send("SUBMIT", task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {},
-                       stop=list(stop), model=model, peer=peer, messages=list(messages) if messages else None)
+                       stop=list(stop), model=model, peer=peer, messages=list(messages) if messages else None,
+                       failover=None if failover else False)
             while True:
                 message = await self._next_for_task(stream)
                 yield event_from(message)

@@ -120,44 +120,68 @@ class Origin:
                                     load.active + load.queued, busy.get(peer.name, 0)))
         return result
 
-    def _route(self, task: OriginTask) -> None:
-        """Place the task; a node that cannot take it is skipped for the next one."""
+    def _route(self, task: OriginTask, failover_reason: str | None = None) -> None:
+        """Place the task; a node that cannot take it is skipped for the next one.
+        On a failover the new executor continues after the tokens already delivered."""
         node = self.node
         assert node.table is not None
         spec = task.spec
+        pinned = spec.peer if not task.failovers else None  # a pinned peer that died is left behind
+        previous = task.executor_name
         while True:
-            exclude = set() if spec.peer else task.tried
+            exclude = set() if pinned else task.tried
             try:
-                chosen, model = choose_executor(self._candidates(), spec.model, spec.peer, exclude)
+                chosen, model = choose_executor(self._candidates(), task.model or spec.model, pinned, exclude)
             except NoRoute as exc:
-                if exc.code == "no_peer_for_model" and task.tried:
+                if failover_reason is not None:
+                    self._end_error(task, "peer_dead", f"{failover_reason}; cannot resume: {exc.message}", True)
+                elif exc.code == "no_peer_for_model" and task.tried:
                     self._end_error(task, "busy", f"every node serving the model refused the task ({exc.message})", True)
                 else:
                     self._end_error(task, exc.code, exc.message)
                 return
             if chosen.is_self:
                 task.assign(node.node_id, chosen.name, model)
-                self._publish_task(task)
+                self._announce_failover(task, previous, failover_reason)
                 self._run_here(task)
                 return
             peer = node.table.by_name(chosen.name)
             assert peer is not None
             task.assign(peer.node_id, peer.name, model)
+            resume = task.delivered_ids
             sent = node.send_to_peer(peer.node_id, "ASSIGN", task_id=task.task_id, prompt=spec.prompt,
                                      max_tokens=spec.max_tokens, params=spec.params, stop=list(spec.stop),
-                                     model=model, origin=node.settings.name, messages=list(spec.messages) or None)
+                                     model=model, origin=node.settings.name, messages=list(spec.messages) or None,
+                                     resume_ids=list(resume) or None, start_seq=len(task.tokens) or None)
             if sent is Sent.OK:
                 log.info("task %s assigned to %s", task.task_id, peer.name)
-                self._publish_task(task)
+                self._announce_failover(task, previous, failover_reason)
                 return
-            if spec.peer:
+            if pinned:
                 self._end_error(task, "peer_dead", f"node {peer.name!r} cannot be reached", True)
                 return
 
+    def _fail_over(self, task: OriginTask, reason: str) -> None:
+        """The executor is gone mid-task: continue on another node serving the model,
+        from the tokens already delivered (unless the client said --no-failover)."""
+        if not task.spec.failover:
+            self._end_error(task, "peer_dead", f"{reason} after {len(task.tokens)} tokens (failover off)", True)
+            return
+        log.info("task %s: %s after %d tokens, failing over", task.task_id, reason, len(task.tokens))
+        task.failovers += 1
+        task.state = "routing"
+        self._route(task, failover_reason=reason)
+
+    def _announce_failover(self, task: OriginTask, previous: str | None, reason: str | None) -> None:
+        self._publish_task(task)
+        if reason is not None and previous is not None:
+            self._to_clients(task, "FAILOVER", task_id=task.task_id, at_seq=len(task.tokens), reason=reason,
+                             **{"from": previous, "to": task.executor_name or ""})
+
     def _run_here(self, task: OriginTask) -> None:
         spec = task.spec
-        request = spec.request()
-        counter = iter(range(spec.max_tokens + 1))
+        request = spec.request(task.delivered_ids)
+        counter = iter(range(len(task.tokens), spec.max_tokens + 1))
 
         def on_token(chunk: TokenChunk) -> None:
             self._relay_token(task, next(counter), chunk.text, list(chunk.ids))
@@ -192,6 +216,8 @@ class Origin:
                 self._end_error(task, message["code"], message["message"], message["code"] == "busy")
             else:
                 self._route(task)
+        elif kind == "ERROR" and message["code"] == "peer_dead" and message["retryable"]:
+            self._fail_over(task, f"executor {task.executor_name} stopped")  # it is shutting down
         elif kind == "ERROR":
             self._end_error(task, message["code"], message["message"], message["retryable"])
 
@@ -199,7 +225,7 @@ class Origin:
         """A peer died or left: its tasks cannot finish there."""
         for task in list(self.tasks.values()):
             if not task.finished and task.executor_id == node_id:
-                self._end_error(task, "peer_dead", f"executor {name} is {state} after {len(task.tokens)} tokens", True)
+                self._fail_over(task, f"executor {name} is {state}")
 
     def fail_all(self, code: str, text: str) -> None:
         for task in list(self.tasks.values()):

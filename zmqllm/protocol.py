@@ -91,12 +91,26 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     "GET_STATUS": {},
     "STATUS": {"status": MAP},
     # tasks
-    "SUBMIT": {**_TASK, "model": STR + _OPTIONAL, "peer": STR + _OPTIONAL, "messages": MAPS + _OPTIONAL},
+    "SUBMIT": {
+        **_TASK,
+        "model": STR + _OPTIONAL,
+        "peer": STR + _OPTIONAL,
+        "messages": MAPS + _OPTIONAL,
+        "failover": BOOL + _OPTIONAL,
+    },
     "ACCEPTED": {"task_id": STR, "origin": STR},
-    "ASSIGN": {**_TASK, "model": STR, "origin": STR, "messages": MAPS + _OPTIONAL},
+    "ASSIGN": {
+        **_TASK,
+        "model": STR,
+        "origin": STR,
+        "messages": MAPS + _OPTIONAL,
+        "resume_ids": INTS + _OPTIONAL,
+        "start_seq": INT + _OPTIONAL,
+    },
     "ACCEPT": {"task_id": STR},
     "REJECT": {"task_id": STR, "code": STR, "message": STR},
     "TOKEN": {"task_id": STR, "seq": INT, "text": STR, "ids": INTS},
+    "FAILOVER": {"task_id": STR, "from": STR, "to": STR, "at_seq": INT, "reason": STR},
     "DONE": {
         "task_id": STR,
         "finish_reason": STR,

@@ -49,9 +49,10 @@ class RemoteTasks:
             node.reply(origin, "REJECT", re=message.id, final=True, task_id=task_id, code="no_peer_for_model",
                        message=f"{node.settings.name} does not serve {message['model']!r}")
             return
-        job = RemoteJob(task_id, origin, message.src)
+        job = RemoteJob(task_id, origin, message.src, message.get("start_seq", 0))
         request = GenerationRequest(message["prompt"], message["max_tokens"], dict(message["params"]),
-                                    tuple(message["stop"]), tuple(message.get("messages") or ()))
+                                    tuple(message["stop"]), tuple(message.get("messages") or ()),
+                                    tuple(message.get("resume_ids") or ()))
         self.jobs[task_id] = job
         if not node.executor.submit(task_id, request, lambda chunk: self._on_token(job, chunk),
                                     lambda outcome, timings: self._on_end(job, outcome, timings)):

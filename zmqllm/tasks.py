@@ -29,6 +29,7 @@ class TaskSpec:
     model: str | None = None
     peer: str | None = None
     messages: tuple[dict[str, Any], ...] = ()
+    failover: bool = True
 
     @classmethod
     def from_submit(cls, fields: Any) -> TaskSpec:
@@ -41,11 +42,12 @@ class TaskSpec:
             fields.get("model"),
             fields.get("peer"),
             tuple(fields.get("messages") or ()),
+            fields.get("failover", True),
         )
 
-    def request(self) -> GenerationRequest:
-        """What the engine runs."""
-        return GenerationRequest(self.prompt, self.max_tokens, self.params, self.stop, self.messages)
+    def request(self, resume_ids: tuple[int, ...] = ()) -> GenerationRequest:
+        """What the engine runs (continuing after `resume_ids` on a failover)."""
+        return GenerationRequest(self.prompt, self.max_tokens, self.params, self.stop, self.messages, resume_ids)
 
 
 @dataclass
@@ -64,6 +66,12 @@ class OriginTask:
     final: dict[str, Any] | None = None
     """The DONE or ERROR fields the task ended with (replayed to a resubmit)."""
     final_type: str | None = None
+    failovers: int = 0
+
+    @property
+    def delivered_ids(self) -> tuple[int, ...]:
+        """Every token id forwarded so far, in order: what a new executor replays."""
+        return tuple(i for _, ids in self.tokens for i in ids)
 
     @property
     def task_id(self) -> str:
@@ -99,6 +107,10 @@ class OriginTask:
         if self.executor_name is not None and self.executor_name not in self.executed_on:
             self.executed_on.append(self.executor_name)
         done = dict(fields)
+        if self.failovers:  # the last executor counted only its own tokens
+            usage = dict(done.get("usage", {}))
+            usage["completion_tokens"] = len(self.delivered_ids)
+            done["usage"] = usage
         done.update(
             task_id=self.task_id,
             executed_by=self.executor_name or done.get("executed_by", ""),

@@ -52,6 +52,9 @@ class GenerationRequest:
     messages: tuple[dict[str, str], ...] = ()
     """A chat request: the engine renders these with its chat template (and
     `prompt` is empty). See `zmqllm.chat`."""
+    resume_ids: tuple[int, ...] = ()
+    """Token ids another node already delivered (failover): the engine continues
+    after them, emitting only new tokens; `max_tokens` counts them too."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class TokenChunk:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """How a generation ended and what it cost."""
+    """How a generation ended and what it cost (`completion_tokens`: new tokens
+    only, not the replayed `resume_ids`)."""
 
     finish_reason: FinishReason
     prompt_tokens: int

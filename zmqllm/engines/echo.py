@@ -40,18 +40,18 @@ class EchoEngine(Engine):
             raise EngineError("bad_request", "the echo engine needs a prompt with at least one word")
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
         start = time.monotonic()
-        emitted = 0
+        first = emitted = len(request.resume_ids)  # echo output depends only on the position
         while emitted < request.max_tokens:
             if cancel.is_set():
-                return GenerationResult("cancelled", len(words), emitted)
+                return GenerationResult("cancelled", len(words), emitted - first)
             if interval:
-                delay = start + emitted * interval - time.monotonic()
+                delay = start + (emitted - first) * interval - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                     if cancel.is_set():
-                        return GenerationResult("cancelled", len(words), emitted)
+                        return GenerationResult("cancelled", len(words), emitted - first)
             elif emitted % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             emit(TokenChunk(words[emitted % len(words)], (emitted % len(words),)))
             emitted += 1
-        return GenerationResult("length", len(words), emitted)
+        return GenerationResult("length", len(words), emitted - first)

@@ -324,8 +324,12 @@ class LlamaEngine(Engine):
                 f"prompt is {n_prompt} tokens; the context window is {n_ctx} "
                 f"(at most {n_ctx - 1} prompt tokens)",
             )
-        max_new = min(request.max_tokens, n_ctx - n_prompt)
-        if max_new == 0 or stopped():
+        resume = list(request.resume_ids)
+        if n_prompt + len(resume) >= n_ctx:
+            raise EngineError("bad_request", f"prompt and resumed tokens ({n_prompt} + {len(resume)}) fill the "
+                              f"{n_ctx}-token context window")
+        max_new = min(request.max_tokens - len(resume), n_ctx - n_prompt - len(resume))
+        if max_new <= 0 or stopped():
             return self._finish("length" if not stopped() else "cancelled", n_prompt, 0,
                                 t_start, None, None)
 
@@ -339,9 +343,18 @@ class LlamaEngine(Engine):
                     self._reset()
                     return self._finish("cancelled", n_prompt, 0, t_start, None, None)
                 llm.eval(prompt_tokens[i : i + llm.n_batch])
+            # A failover resumes here: the tokens another node delivered are
+            # replayed one per decode step, exactly as they were first decoded,
+            # so a greedy continuation equals the uninterrupted run (prefilling
+            # them in one batch would not: CPU kernels group rows differently).
+            for token in resume:
+                if stopped():
+                    self._reset()
+                    return self._finish("cancelled", n_prompt, 0, t_start, None, None)
+                llm.eval([token])
             llm.set_seed(sampling.seed_to_use())
             gen = llm.generate(
-                prompt_tokens,
+                prompt_tokens + resume,
                 top_k=sampling.top_k,
                 top_p=sampling.top_p,
                 min_p=sampling.min_p,
@@ -364,7 +377,8 @@ class LlamaEngine(Engine):
         vocab = llm._model.vocab
         # detokenize() drops a leading space when the text starts with BOS, and
         # create_completion starts an empty prompt's completion with BOS.
-        text = TokenText(stops, bos_id=llm.token_bos(), strip_space=n_prompt > 0 and request.prompt == "")
+        text = TokenText(stops, bos_id=llm.token_bos(),
+                         strip_space=n_prompt > 0 and request.prompt == "" and not resume)
         n = 0  # completion tokens (EOS excluded)
         n_sampled = 0  # tokens sampled (EOS included)
         finish: FinishReason = "length"
