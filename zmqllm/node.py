@@ -97,6 +97,7 @@ class Node:
         self._ids = itertools.count(1)
         self._stopping = asyncio.Event()
         self._fatal: FatalNodeError | None = None
+        self._closing = False
         self.dropped_frames = 0
 
     # -- lifecycle --------------------------------------------------------------
@@ -135,6 +136,12 @@ class Node:
             loop.add_signal_handler(sig, self.stop)
 
     async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+        """Stop listening first (a HELLO answered after our BYE would make peers
+        think we rejoined), hand running work back, say BYE, then close."""
+        self._closing = True
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         self.remote.abandon_all("node stopping")
         await self.executor.close()
         self.origin.fail_all("internal", f"node {self.settings.name} stopped before the task finished")
@@ -143,9 +150,6 @@ class Node:
             link.channel.send([protocol.encode(bye)])
         if self.mailer is not None:
             self.mailer.flush()
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
         for link in self.links.values():
             link.channel.close(SHUTDOWN_LINGER_MS)
         if self.router is not None:
@@ -288,6 +292,8 @@ class Node:
     # -- receiving ------------------------------------------------------------------------
 
     def _on_router_frames(self, frames: list[bytes]) -> None:
+        if self._closing:
+            return
         identity = frames[0]
         try:
             messages = protocol.decode_frame(frames[-1])
@@ -308,6 +314,8 @@ class Node:
                 self.reply_error(identity, "internal", f"internal error handling {message.type}", re=message.id)
 
     def _on_dealer_frames(self, link: Link, frames: list[bytes]) -> None:
+        if self._closing:
+            return
         try:
             messages = protocol.decode_frame(frames[-1])
         except ProtocolError as exc:

@@ -60,6 +60,9 @@ async def _print_events(stream: Any, as_json: bool, interrupted: asyncio.Event) 
         elif kind == "token":
             sys.stdout.write(event["text"])
             sys.stdout.flush()
+        elif kind == "failover":
+            print(f"\n[failover {event['from']} -> {event['to']} at token {event['at_seq']}: {event['reason']}]",
+                  file=sys.stderr)
         elif kind == "done":
             sys.stdout.write("\n")
             print(_summary(event), file=sys.stderr)
