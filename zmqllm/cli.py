@@ -159,6 +159,38 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
 
 
 @main.command()
+@_client_options
+def tasks(connect: str, timeout: float, as_json: bool) -> None:
+    """List the tasks the answering node accepted (newest first), from its journal.
+
+    \b
+    Example:
+      zmqllm tasks --json
+    """
+    from zmqllm.render import task_table
+
+    _show(list((_query(connect, timeout, lambda c: c.request("GET_TASKS")))["tasks"]), as_json, task_table)
+
+
+@main.command()
+@click.argument("task_id")
+@_client_options
+def result(task_id: str, connect: str, timeout: float, as_json: bool) -> None:
+    """Print one task's result (text, or how it ended) from the node that accepted it."""
+
+    async def call(client: AsyncClient) -> dict[str, Any]:
+        return dict((await client.request("GET_RESULT", task_id=task_id))["task"])
+
+    found = _query(connect, timeout, call)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    elif "error" in found:
+        raise CliError(f"task {task_id} {found['state']}: {found['error']['code']}: {found['error']['message']}")
+    else:
+        click.echo(found.get("text", ""))
+
+
+@main.command()
 @click.argument("task_id")
 @_client_options
 def cancel(task_id: str, connect: str, timeout: float, as_json: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from zmqllm import paths
-from zmqllm.config import NodeConfig
+from zmqllm.config import NodeConfig, data_dir_for
 from zmqllm.engines import build_engine
 from zmqllm.engines.base import EngineError
 from zmqllm.membership import Liveness
@@ -30,6 +30,7 @@ def settings_from(config: NodeConfig) -> NodeSettings:
         advertise=config.advertise,
         liveness=Liveness(config.heartbeat_interval, config.suspect_after, config.dead_after),
         queue_limit=config.queue_limit,
+        data_dir=data_dir_for(config),
     )
 
 

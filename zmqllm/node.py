@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -25,6 +26,7 @@ from zmqllm import __version__, protocol
 from zmqllm.engines.base import Engine
 from zmqllm.events import FLUSH_INTERVAL_S, EventHub
 from zmqllm.executor import Executor
+from zmqllm.journal import CHECKPOINT_INTERVAL_S, Journal
 from zmqllm.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
 from zmqllm.origin import Origin
 from zmqllm.protocol import Message, ProtocolError
@@ -73,6 +75,8 @@ class NodeSettings:
     advertise: str | None = None
     liveness: Liveness = Liveness()
     queue_limit: int = 64
+    data_dir: Path | None = None
+    """Where the task journal lives; None keeps tasks in memory only."""
 
 
 class Node:
@@ -94,6 +98,7 @@ class Node:
         self.origin = Origin(self)
         self.remote = RemoteTasks(self)
         self.events = EventHub()
+        self.journal: Journal | None = None
         self._ids = itertools.count(1)
         self._stopping = asyncio.Event()
         self._fatal: FatalNodeError | None = None
@@ -104,6 +109,11 @@ class Node:
 
     async def run(self, on_ready: Callable[[Node], None] | None = None) -> None:
         """Serve until `stop()` (or SIGTERM/SIGINT when installed); say BYE on the way out."""
+        if self.settings.data_dir is not None:
+            self.journal = Journal(self.settings.data_dir / "journal.sqlite3")
+            interrupted = self.journal.interrupt_unfinished(self.settings.name)
+            if interrupted:
+                log.warning("%d task(s) were unfinished when this node last stopped: marked interrupted", interrupted)
         router, bound = bind_router(self.ctx, self.settings.bind)
         self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
         self.mailer = Mailer(self.router, self._undeliverable)
@@ -115,7 +125,8 @@ class Node:
         self.table = PeerTable(me, self.settings.liveness, self.clock())
         loops = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                  asyncio.create_task(self._liveness_loop(), name="liveness"),
-                 asyncio.create_task(self._events_loop(), name="events")]
+                 asyncio.create_task(self._events_loop(), name="events"),
+                 asyncio.create_task(self._checkpoint_loop(), name="journal")]
         for seed in self.settings.peers:
             self.dial(seed)
         if on_ready:
@@ -155,6 +166,8 @@ class Node:
         if self.router is not None:
             self.router.close(SHUTDOWN_LINGER_MS)
         self.ctx.term()
+        if self.journal is not None:
+            self.journal.close()
 
     def fatal(self, error: FatalNodeError) -> None:
         log.error("%s", error)
@@ -353,6 +366,15 @@ class Node:
             self.reply(identity, "PEERS", re=message.id, peers=self.table.rows(self.clock(), self.load()))
         elif kind == "GET_STATUS":
             self.reply(identity, "STATUS", re=message.id, status=self.status())
+        elif kind == "GET_TASKS":
+            self.reply(identity, "TASKS", re=message.id, tasks=self.origin.listing())
+        elif kind == "GET_RESULT":
+            found = self.origin.result(message["task_id"])
+            if found is None:
+                self.reply_error(identity, "task_unknown", f"no task {message['task_id']!r} accepted by "
+                                 f"{self.settings.name}", re=message.id, task_id=message["task_id"])
+            else:
+                self.reply(identity, "RESULT", re=message.id, task=found)
         elif kind == "SUBMIT":
             self.origin.on_submit(identity, message)
         elif kind == "CANCEL":
@@ -403,6 +425,11 @@ class Node:
         """A ROUTER identity as a dashboard shows it: a peer's name, or client:<id>."""
         peer = self.table.get(identity.decode("latin-1")) if self.table else None
         return peer.name if peer is not None else "client:" + identity.hex()[:8]
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            self.origin.checkpoint()
 
     async def _events_loop(self) -> None:
         while True:

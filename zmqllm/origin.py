@@ -68,13 +68,15 @@ class Origin:
         if problem is not None:
             self.node.reply_error(client, "bad_request", problem, re=message.id, task_id=spec.task_id)
             return
-        existing = self.tasks.get(spec.task_id)
+        existing = self.tasks.get(spec.task_id) or self._from_journal(spec)
         if existing is not None:
             self._attach(client, existing, message.id)
             return
         task = OriginTask(spec, self.node.clock())
         self.tasks[spec.task_id] = task
         self.clients[spec.task_id] = [client]
+        if self.node.journal is not None:
+            self.node.journal.accepted(task)  # on disk before the client hears it was accepted
         self.node.reply(client, "ACCEPTED", re=message.id, task_id=spec.task_id, origin=self.node.settings.name)
         log.info("task %s accepted (model=%s, peer=%s)", spec.task_id, spec.model, spec.peer)
         self._publish_task(task)
@@ -239,9 +241,9 @@ class Origin:
         out_seq = task.accept_token(seq, text, ids)
         if out_seq is None:
             return
+        if not was_streaming:
+            self._publish_task(task)
         if self.node.events.active:
-            if not was_streaming:
-                self._publish_task(task)
             self.node.publish({"k": "token", "task_id": task.task_id, "seq": out_seq, "text": text})
         self._to_clients(task, "TOKEN", task_id=task.task_id, seq=out_seq, text=text, ids=ids)
 
@@ -278,8 +280,48 @@ class Origin:
                                   "completion_tokens": len(task.tokens)}, "timings": {}, "executed_by": "",
                                   "executed_on": []})
 
+    def _from_journal(self, spec: TaskSpec) -> OriginTask | None:
+        """A task this node finished before it last restarted: the same answer again."""
+        found = self.node.journal.replay(spec.task_id) if self.node.journal is not None else None
+        if found is None:
+            return None
+        chunks, final_type, final = found
+        task = OriginTask(spec, self.node.clock(), state="done" if final_type == "DONE" else "failed",
+                          tokens=[(text, list(ids)) for text, ids in chunks], final=final, final_type=final_type)
+        self.tasks[spec.task_id] = task
+        return task
+
+    def listing(self) -> list[dict[str, Any]]:
+        """`zmqllm tasks`: the journal, or this run's tasks when there is none."""
+        if self.node.journal is not None:
+            return self.node.journal.rows()
+        now = self.node.clock()
+        return [task.summary(now) for task in reversed(self.tasks.values())]
+
+    def result(self, task_id: str) -> dict[str, Any] | None:
+        """`zmqllm result`: one task, its text and its ending."""
+        if self.node.journal is not None:
+            return self.node.journal.result(task_id)
+        task = self.tasks.get(task_id)
+        return None if task is None else {**task.summary(self.node.clock()), "text": task.text()}
+
+    def checkpoint(self) -> None:
+        """Save the progress of streaming tasks (bounded loss if this node dies)."""
+        journal = self.node.journal
+        if journal is None:
+            return
+        for task in self.tasks.values():
+            if not task.finished and len(task.tokens) != task.checkpointed:
+                journal.progress(task)
+                task.checkpointed = len(task.tokens)
+
     def _publish_task(self, task: OriginTask, **extra: str) -> None:
-        """A task's state change, for dashboards."""
+        """A task's state change, for dashboards and the journal."""
+        if self.node.journal is not None:
+            if task.finished:
+                self.node.journal.finished(task)
+            else:
+                self.node.journal.progress(task)
         if self.node.events.active:
             self.node.publish({"k": "task", "task_id": task.task_id, "state": task.state,
                                "origin": self.node.settings.name, "executor": task.executor_name,

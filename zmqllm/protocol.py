@@ -90,6 +90,10 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     "GET_PEERS": {},
     "GET_STATUS": {},
     "STATUS": {"status": MAP},
+    "GET_TASKS": {},
+    "TASKS": {"tasks": MAPS},
+    "GET_RESULT": {"task_id": STR},
+    "RESULT": {"task": MAP},
     # tasks
     "SUBMIT": {
         **_TASK,

@@ -72,3 +72,15 @@ def model_table(rows: list[dict[str, Any]]) -> str:
     body = [[r["model"], ",".join(r["peers"]), str(r["ctx"] or "-"), f"{r['busy']}/{r['slots']}",
              "yes" if r["chat"] else "no"] for r in rows]
     return table(["MODEL", "SERVED BY", "CTX", "SLOTS", "CHAT"], body)
+
+
+def task_table(rows: list[dict[str, Any]]) -> str:
+    """`zmqllm tasks`: newest first."""
+    def ending(row: dict[str, Any]) -> str:
+        if "error" in row:
+            return row["error"]["code"]
+        return row.get("finish_reason") or ""
+
+    body = [[r["task_id"], r["state"], ending(r), ",".join(r.get("executed_on") or []) or (r.get("executor") or "-"),
+             str(r["tokens"]), f"{r['elapsed_s']:.1f}s"] for r in rows]
+    return table(["TASK", "STATE", "END", "EXECUTED ON", "TOKENS", "ELAPSED"], body)

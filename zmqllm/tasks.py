@@ -67,6 +67,8 @@ class OriginTask:
     """The DONE or ERROR fields the task ended with (replayed to a resubmit)."""
     final_type: str | None = None
     failovers: int = 0
+    checkpointed: int = 0
+    """Tokens already saved in the journal."""
 
     @property
     def delivered_ids(self) -> tuple[int, ...]:

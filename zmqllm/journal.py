@@ -1,0 +1,144 @@
+"""The durable record of the tasks a node accepted (SQLite, WAL). Nothing else touches the database.
+
+Every task a node accepts as origin is written before ACCEPTED is sent, its
+executor and progress as they change (progress at most every
+`CHECKPOINT_INTERVAL_S`), and its one final DONE or ERROR with every chunk it
+delivered. A node killed mid-task finds its unfinished tasks at the next start
+and marks them interrupted: none vanishes. WAL with synchronous=NORMAL survives
+the process dying at any moment (not a power cut, which costs the last commits).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from zmqllm.tasks import OriginTask
+
+CHECKPOINT_INTERVAL_S = 0.5
+"""How often the text of streaming tasks is saved (a crash loses at most this much progress)."""
+LIST_LIMIT = 1000
+"""Most rows `zmqllm tasks` returns (newest first)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id     TEXT PRIMARY KEY,
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL,
+    state       TEXT NOT NULL,
+    model       TEXT,
+    executor    TEXT,
+    executed_on TEXT NOT NULL DEFAULT '[]',
+    spec        TEXT NOT NULL,
+    tokens      INTEGER NOT NULL DEFAULT 0,
+    text        TEXT NOT NULL DEFAULT '',
+    chunks      TEXT,
+    final_type  TEXT,
+    final       TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created);
+"""
+
+
+class Journal:
+    """One node's task journal at `path`."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing ---------------------------------------------------------------------
+
+    def accepted(self, task: OriginTask) -> None:
+        spec = task.spec
+        body = {"prompt": spec.prompt, "max_tokens": spec.max_tokens, "params": spec.params, "stop": list(spec.stop),
+                "model": spec.model, "peer": spec.peer, "messages": list(spec.messages), "failover": spec.failover}
+        now = time.time()
+        self._db.execute("INSERT OR IGNORE INTO tasks (task_id, created, updated, state, spec) VALUES (?, ?, ?, ?, ?)",
+                         (task.task_id, now, now, task.state, json.dumps(body)))
+
+    def progress(self, task: OriginTask) -> None:
+        """Executor, state and the text so far."""
+        self._db.execute(
+            "UPDATE tasks SET updated = ?, state = ?, model = ?, executor = ?, executed_on = ?, tokens = ?, text = ? "
+            "WHERE task_id = ?",
+            (time.time(), task.state, task.model, task.executor_name, json.dumps(task.executed_on), len(task.tokens),
+             task.text(), task.task_id))
+
+    def finished(self, task: OriginTask) -> None:
+        """The final message, and every chunk, so a resent SUBMIT streams the same again."""
+        self._db.execute(
+            "UPDATE tasks SET updated = ?, state = ?, model = ?, executor = ?, executed_on = ?, tokens = ?, text = ?, "
+            "chunks = ?, final_type = ?, final = ? WHERE task_id = ?",
+            (time.time(), task.state, task.model, task.executor_name, json.dumps(task.executed_on), len(task.tokens),
+             task.text(), json.dumps(task.tokens), task.final_type, json.dumps(task.final), task.task_id))
+
+    def interrupt_unfinished(self, origin: str) -> int:
+        """At start: tasks the last run of this node left unfinished end as failed.
+        Returns how many."""
+        rows = self._db.execute("SELECT task_id, tokens FROM tasks WHERE final_type IS NULL").fetchall()
+        for task_id, tokens in rows:
+            error = {"task_id": task_id, "code": "internal", "retryable": True,
+                     "message": f"interrupted: origin {origin} stopped or crashed after {tokens} tokens"}
+            self._db.execute("UPDATE tasks SET updated = ?, state = 'failed', final_type = 'ERROR', final = ? "
+                             "WHERE task_id = ?", (time.time(), json.dumps(error), task_id))
+        return len(rows)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def rows(self, limit: int = LIST_LIMIT) -> list[dict[str, Any]]:
+        """Newest first: what `zmqllm tasks` lists."""
+        cursor = self._db.execute(
+            "SELECT task_id, created, updated, state, model, executor, executed_on, tokens, final_type, final "
+            "FROM tasks ORDER BY created DESC LIMIT ?", (limit,))
+        return [_row(*values) for values in cursor]
+
+    def result(self, task_id: str) -> dict[str, Any] | None:
+        """One task with its text and final message; None if unknown."""
+        found = self._db.execute(
+            "SELECT task_id, created, updated, state, model, executor, executed_on, tokens, final_type, final, text "
+            "FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if found is None:
+            return None
+        row = _row(*found[:-1])
+        row["text"] = found[-1]
+        return row
+
+    def replay(self, task_id: str) -> tuple[list[tuple[str, list[int]]], str, dict[str, Any]] | None:
+        """A finished task's chunks and final message, for a resent SUBMIT."""
+        found = self._db.execute("SELECT chunks, final_type, final FROM tasks WHERE task_id = ? AND final_type "
+                                 "IS NOT NULL", (task_id,)).fetchone()
+        if found is None:
+            return None
+        chunks, final_type, final = found
+        return [tuple(c) for c in json.loads(chunks or "[]")], final_type, json.loads(final)
+
+
+def _row(task_id: str, created: float, updated: float, state: str, model: str | None, executor: str | None,
+         executed_on: str, tokens: int, final_type: str | None, final: str | None) -> dict[str, Any]:
+    ending = json.loads(final) if final else {}
+    row: dict[str, Any] = {
+        "task_id": task_id,
+        "state": state,
+        "model": model,
+        "executor": executor,
+        "executed_on": json.loads(executed_on),
+        "tokens": tokens,
+        "created": round(created, 3),
+        "elapsed_s": round(updated - created, 3),
+    }
+    if final_type == "DONE":
+        row["finish_reason"] = ending.get("finish_reason")
+    elif final_type == "ERROR":
+        row["error"] = {"code": ending.get("code"), "message": ending.get("message")}
+    return row
