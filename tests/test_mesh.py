@@ -262,3 +262,61 @@ def test_no_failover_ends_the_task_with_peer_dead(spawn):
     events, _ = _failover_run(spawn, "SIGKILL", failover=False)
     assert not [e for e in events if e["type"] == "failover"]
     assert events[-1]["type"] == "error" and events[-1]["code"] == "peer_dead"
+
+
+def test_a_deadline_cancels_the_task_on_its_executor(spawn, zmqllm_env):
+    a = spawn("a")
+    b = spawn("b", "--peer", a.endpoint)
+    wait_until(lambda: states(a).get("b") == "alive", 5, what="mesh")
+    started = time.monotonic()
+    result = run_cli(zmqllm_env, "submit", "tick tock", "--peer", "b", "--max-tokens", "10000", "--deadline", "0.5",
+                     "--json", "--connect", a.endpoint)
+    assert result.returncode == 1
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["type"] == "error" and last["code"] == "deadline" and "0.5 s deadline" in last["message"]
+    assert time.monotonic() - started < 5
+
+    def b_idle() -> bool:
+        with b.client() as client:
+            return client.status()["tasks"]["running"] == 0
+
+    wait_until(b_idle, 2, what="b to stop the expired task")
+
+
+def test_a_frozen_executor_is_declared_dead_its_task_resumes_and_its_late_tokens_are_ignored(spawn):
+    import signal as signals
+
+    interval = 0.2
+    a = spawn("a", "--echo-rate", "50", heartbeat=interval)
+    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "50", heartbeat=interval)
+    c = spawn("c", "--peer", a.endpoint, "--echo-rate", "50", heartbeat=interval)
+    wait_until(lambda: list(states(a).values()) == ["alive"] * 3, 5, what="mesh")
+
+    async def run() -> list[dict]:
+        events = []
+        async with AsyncClient(a.endpoint, timeout=10) as client:
+            async for event in client.submit("frozen in time", peer="b", max_tokens=120):
+                events.append(event)
+                if event["type"] == "token" and event["seq"] == 20:
+                    b.proc.send_signal(signals.SIGSTOP)
+                if event["type"] == "failover":
+                    b.proc.send_signal(signals.SIGCONT)  # thawed: it still has tokens to send
+        return events
+
+    try:
+        events = asyncio.run(run())
+    finally:
+        b.proc.send_signal(signals.SIGCONT)
+    tokens = [e for e in events if e["type"] == "token"]
+    assert [t["seq"] for t in tokens] == list(range(120))
+    failovers = [e for e in events if e["type"] == "failover"]
+    assert len(failovers) == 1 and failovers[0]["from"] == "b" and failovers[0]["to"] in ("a", "c")
+    assert events[-1]["type"] == "done" and events[-1]["usage"]["completion_tokens"] == 120
+    wait_until(lambda: states(a)["b"] == "alive", 3, what="b back after SIGCONT")
+
+    def b_stopped_the_task() -> bool:
+        with b.client() as client:
+            return client.status()["tasks"]["running"] == 0
+
+    wait_until(b_stopped_the_task, 3, what="the thawed b to be told to stop")
+    assert c.proc.poll() is None

@@ -232,6 +232,8 @@ def _task_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--task-id", help="your own task id; resending it never runs the task twice"),
         click.option("--no-failover", is_flag=True,
                      help="end with an error if the executing node dies, instead of resuming on another"),
+        click.option("--deadline", "deadline_s", type=click.FloatRange(min=0.001), metavar="SECONDS",
+                     help="cancel the task and end it with a `deadline` error after this long"),
     ]
     for option in reversed(options):
         command = option(command)
@@ -255,8 +257,8 @@ def _run_task(connect: str, timeout: float, as_json: bool, prompt: str, messages
 @click.argument("prompt")
 @_task_options
 def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, stop: tuple[str, ...],
-           task_id: str | None, no_failover: bool, connect: str, timeout: float, as_json: bool,
-           **sampling: Any) -> None:
+           task_id: str | None, no_failover: bool, deadline_s: float | None, connect: str, timeout: float,
+           as_json: bool, **sampling: Any) -> None:
     """Run a completion on the mesh and stream its tokens to stdout.
 
     PROMPT is the text itself, @FILE, or - for stdin. Ctrl-C cancels the task.
@@ -267,7 +269,7 @@ def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, st
       zmqllm submit @prompt.txt --peer c --json
     """
     _run_task(connect, timeout, as_json, read_prompt(prompt), None, sampling, model=model, peer=peer,
-              max_tokens=max_tokens, stop=stop, task_id=task_id, failover=not no_failover)
+              max_tokens=max_tokens, stop=stop, task_id=task_id, failover=not no_failover, deadline_s=deadline_s)
 
 
 @main.command()
@@ -275,8 +277,8 @@ def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, st
 @click.option("--system", help="a system message before yours")
 @_task_options
 def chat(message: str, system: str | None, model: str | None, peer: str | None, max_tokens: int,
-         stop: tuple[str, ...], task_id: str | None, no_failover: bool, connect: str, timeout: float,
-         as_json: bool, **sampling: Any) -> None:
+         stop: tuple[str, ...], task_id: str | None, no_failover: bool, deadline_s: float | None, connect: str,
+         timeout: float, as_json: bool, **sampling: Any) -> None:
     """Chat: send MESSAGE (text, @FILE or -) as the user and stream the reply.
 
     The serving node renders it with the model's chat template (or the
@@ -289,7 +291,7 @@ def chat(message: str, system: str | None, model: str | None, peer: str | None, 
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": read_prompt(message)}]
     _run_task(connect, timeout, as_json, "", messages, sampling, model=model, peer=peer, max_tokens=max_tokens,
-              stop=stop, task_id=task_id, failover=not no_failover)
+              stop=stop, task_id=task_id, failover=not no_failover, deadline_s=deadline_s)
 
 
 @main.command()

@@ -138,6 +138,7 @@ class AsyncClient:
         task_id: str | None = None,
         messages: Sequence[dict[str, str]] | None = None,
         failover: bool = True,
+        deadline_s: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Submit a completion (or, with `messages` and an empty prompt, a chat) and
         stream its events until `done` or `error`."""
@@ -146,7 +147,7 @@ class AsyncClient:
         try:
             self._send("SUBMIT", task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {},
                        stop=list(stop), model=model, peer=peer, messages=list(messages) if messages else None,
-                       failover=None if failover else False)
+                       failover=None if failover else False, deadline_s=deadline_s)
             while True:
                 message = await self._next_for_task(stream)
                 yield event_from(message)

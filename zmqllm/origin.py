@@ -7,6 +7,7 @@ task exactly once — also when the executor dies or the client goes away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_TOKENS_LIMIT = 1_000_000
+MAX_DEADLINE_S = 7 * 24 * 3600.0
 FINISHED_KEPT = 1024
 """Finished tasks remembered so a resent SUBMIT gets the same answer, not a second run."""
 
@@ -34,6 +36,8 @@ def validate_spec(spec: TaskSpec) -> str | None:
         return "task_id must be 1-128 characters"
     if not 1 <= spec.max_tokens <= MAX_TOKENS_LIMIT:
         return f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {spec.max_tokens}"
+    if spec.deadline_s is not None and not 0 < spec.deadline_s <= MAX_DEADLINE_S:
+        return f"deadline_s must be between 0 and {MAX_DEADLINE_S:g} seconds, got {spec.deadline_s}"
     if spec.messages:
         if spec.prompt:
             return "a task is a completion (prompt) or a chat (messages), not both"
@@ -79,6 +83,8 @@ class Origin:
             self.node.journal.accepted(task)  # on disk before the client hears it was accepted
         self.node.reply(client, "ACCEPTED", re=message.id, task_id=spec.task_id, origin=self.node.settings.name)
         log.info("task %s accepted (model=%s, peer=%s)", spec.task_id, spec.model, spec.peer)
+        if spec.deadline_s is not None:
+            asyncio.get_running_loop().call_later(spec.deadline_s, self._expire, task)
         self._publish_task(task)
         self._route(task)
 
@@ -163,6 +169,11 @@ class Origin:
                 self._end_error(task, "peer_dead", f"node {peer.name!r} cannot be reached", True)
                 return
 
+    def _expire(self, task: OriginTask) -> None:
+        if not task.finished:
+            self._end_error(task, "deadline", f"task {task.task_id} passed its {task.spec.deadline_s:g} s deadline "
+                            f"after {len(task.tokens)} tokens")
+
     def _fail_over(self, task: OriginTask, reason: str) -> None:
         """The executor is gone mid-task: continue on another node serving the model,
         from the tokens already delivered (unless the client said --no-failover)."""
@@ -206,6 +217,10 @@ class Origin:
     def on_executor_message(self, message: Message) -> None:
         task = self.tasks.get(message.get("task_id") or "")
         if task is None or task.finished or message.src != task.executor_id:
+            if task is not None and message.type == "TOKEN" and message.src not in task.told_to_stop:
+                # a node we gave up on (frozen, partitioned) is still working on it: stop it
+                task.told_to_stop.add(message.src)
+                self.node.send_to_peer(message.src, "CANCEL", task_id=task.task_id)
             return  # late or stray: the task has moved on
         kind = message.type
         if kind == "TOKEN":

@@ -101,6 +101,7 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "peer": STR + _OPTIONAL,
         "messages": MAPS + _OPTIONAL,
         "failover": BOOL + _OPTIONAL,
+        "deadline_s": NUM + _OPTIONAL,
     },
     "ACCEPTED": {"task_id": STR, "origin": STR},
     "ASSIGN": {

@@ -30,6 +30,7 @@ class TaskSpec:
     peer: str | None = None
     messages: tuple[dict[str, Any], ...] = ()
     failover: bool = True
+    deadline_s: float | None = None
 
     @classmethod
     def from_submit(cls, fields: Any) -> TaskSpec:
@@ -43,6 +44,7 @@ class TaskSpec:
             fields.get("peer"),
             tuple(fields.get("messages") or ()),
             fields.get("failover", True),
+            fields.get("deadline_s"),
         )
 
     def request(self, resume_ids: tuple[int, ...] = ()) -> GenerationRequest:
@@ -69,6 +71,8 @@ class OriginTask:
     failovers: int = 0
     checkpointed: int = 0
     """Tokens already saved in the journal."""
+    told_to_stop: set[str] = field(default_factory=set)
+    """Former executors sent a CANCEL because they kept streaming after a failover."""
 
     @property
     def delivered_ids(self) -> tuple[int, ...]:
