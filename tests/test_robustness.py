@@ -175,3 +175,48 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(spawn):
+    """The stalled client's task ends (slow_client) once its bounded backlog is full;
+    a second client's stream through the same origin keeps its full rate meanwhile."""
+    import threading
+    import time
+
+    a = spawn("a", "--echo-rate", "0")
+    spawn("b", "--peer", a.endpoint, "--echo-rate", "0")
+    spawn("c", "--peer", a.endpoint, "--echo-rate", "50")
+    wait_until(lambda: len(states(a)) == 3, 5, what="mesh")
+    ctx, stalled = _raw_dealer(a.endpoint)
+    stalled.setsockopt(zmq.RCVHWM, 10)
+    try:
+        stalled.send(protocol.encode(protocol.make("SUBMIT", src="stalled", id=1, task_id="flood", prompt="x y z",
+                                                   max_tokens=1_000_000, params={}, stop=[], peer="b")))
+        rates: list[float] = []
+
+        def steady() -> None:
+            async def run() -> None:
+                async with AsyncClient(a.endpoint, timeout=10) as client:
+                    started, count = time.monotonic(), 0
+                    async for event in client.submit("steady pace", peer="c", max_tokens=100):
+                        count += event["type"] == "token"
+                    rates.append(count / (time.monotonic() - started))
+
+            asyncio.run(run())
+
+        worker = threading.Thread(target=steady)
+        worker.start()
+
+        def flood_ended() -> bool:
+            with a.client() as client:
+                return client.status()["tasks"]["routing"] == 0 and not worker.is_alive()
+
+        wait_until(flood_ended, 30, interval=0.2, what="the flood to be cut off")
+        worker.join(5)
+        assert rates and rates[0] > 40, f"the other client streamed at {rates} tok/s (50 expected)"
+    finally:
+        ctx.destroy(linger=0)
+    # what the stalled client finally reads: its tokens, then the error that says why
+    with a.client() as client:
+        result = client._loop.run_until_complete(client._async.request("GET_RESULT", task_id="flood"))
+    assert result["task"]["state"] == "failed" and result["task"]["error"]["code"] == "slow_client", result

@@ -17,7 +17,7 @@ from zmqllm.engines.base import SAMPLING_KEYS, EngineError, GenerationResult, To
 from zmqllm.protocol import Message
 from zmqllm.scheduler import Candidate, NoRoute, choose_executor
 from zmqllm.tasks import OriginTask, TaskSpec, done_fields
-from zmqllm.transport import OUTBOX_LIMIT, Sent
+from zmqllm.transport import OUTBOX_LIMIT_BYTES, Sent
 
 if TYPE_CHECKING:
     from zmqllm.node import Node
@@ -352,19 +352,24 @@ class Origin:
             self.node.reply(client, type_, final=final, **fields)
 
     def client_failed(self, client: bytes, sent: Sent) -> None:
-        """A client is gone or stopped reading: detach it; a task nobody reads is cancelled."""
+        """A client is gone or stopped reading. A task nobody reads any more is
+        stopped: cancelled if its client left, ended with `slow_client` (which the
+        client still finds at the end of its backlog, and in the journal) if it
+        stopped reading."""
         for task_id, clients in list(self.clients.items()):
             if client not in clients:
                 continue
-            clients.remove(client)
             task = self.tasks.get(task_id)
-            if task is None or task.finished:
-                continue
-            if sent is Sent.FULL:
-                self.node.reply_error(client, "slow_client", f"task {task_id} cancelled: this client stopped "
-                                      f"reading ({OUTBOX_LIMIT} messages waiting)", task_id=task_id)
-            if not clients:
-                log.info("task %s: no client reading any more, cancelling", task_id)
+            alone = clients == [client]
+            if task is not None and not task.finished and sent is Sent.FULL:
+                text = f"task {task_id}: the client stopped reading ({OUTBOX_LIMIT_BYTES >> 20} MiB waiting)"
+                if alone:
+                    self._end_error(task, "slow_client", text + "; task cancelled")
+                else:
+                    self.node.reply_error(client, "slow_client", text, task_id=task_id)
+            clients.remove(client)
+            if task is not None and not task.finished and not clients:
+                log.info("task %s: its client is gone, cancelling", task_id)
                 self._cancel(task)
 
     def _forget_old(self) -> None:

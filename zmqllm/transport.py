@@ -16,14 +16,17 @@ from collections.abc import Callable
 
 import zmq
 
-from zmqllm.protocol import MAX_BATCH, MAX_MESSAGE_BYTES, batch_frame
+from zmqllm.protocol import MAX_MESSAGE_BYTES, batch_frame
 
-ROUTER_SEND_HWM = 10_000
-"""Messages queued per connection on the ROUTER before a send reports `FULL`."""
+ROUTER_SEND_HWM = 1_000
+"""Frames queued per connection on the ROUTER before a send reports `FULL` (a frame
+is a batch of at most `BATCH_LIMIT` messages, so this bounds memory too)."""
+BATCH_LIMIT = 256
+"""Most messages the mailer puts in one frame."""
 DEALER_SEND_HWM = 1_000
 """Messages queued to one peer on its DEALER (membership and control traffic)."""
-OUTBOX_LIMIT = 100_000
-"""Frames held for one receiver whose queue is full before sends to it report `FULL`."""
+OUTBOX_LIMIT_BYTES = 16 * 1024 * 1024
+"""Bytes held for one receiver whose queue is full before sends to it report `FULL`."""
 OUTBOX_RETRY_S = 0.002
 """How soon a backed-up outbox tries again."""
 SHUTDOWN_LINGER_MS = 500
@@ -149,11 +152,12 @@ class Outbox:
     reports `FULL` and the caller decides (cancel the task); `send(..., force=True)`
     still queues — for the one final message that must get through."""
 
-    def __init__(self, channel: Channel, limit: int = OUTBOX_LIMIT,
+    def __init__(self, channel: Channel, limit: int = OUTBOX_LIMIT_BYTES,
                  on_empty: Callable[[], None] | None = None) -> None:
         self.channel = channel
         self.limit = limit
         self._pending: deque[list[bytes]] = deque()
+        self._bytes = 0
         self._retry: asyncio.TimerHandle | None = None
         self._on_empty = on_empty
         self.unreachable = False
@@ -169,9 +173,10 @@ class Outbox:
             if sent is not Sent.FULL:
                 self.unreachable = sent is Sent.UNREACHABLE
                 return sent
-        elif len(self._pending) >= self.limit and not force:
+        elif self._bytes >= self.limit and not force:
             return Sent.FULL
         self._pending.append(frames)
+        self._bytes += len(frames[-1])
         self._schedule_retry()
         return Sent.OK
 
@@ -189,8 +194,9 @@ class Outbox:
             if sent is Sent.UNREACHABLE:
                 self.unreachable = True
                 self._pending.clear()
+                self._bytes = 0
                 break
-            self._pending.popleft()
+            self._bytes -= len(self._pending.popleft()[-1])
         if self._on_empty is not None:
             self._on_empty()
 
@@ -199,6 +205,7 @@ class Outbox:
             self._retry.cancel()
             self._retry = None
         self._pending.clear()
+        self._bytes = 0
 
 
 class Mailer:
@@ -258,7 +265,7 @@ def _batches(payloads: list[bytes]) -> list[bytes]:
     """Batch frames within the message-count and size limits."""
     frames, group, size = [], [], 0
     for payload in payloads:
-        if group and (len(group) >= MAX_BATCH or size + len(payload) > MAX_MESSAGE_BYTES // 2):
+        if group and (len(group) >= BATCH_LIMIT or size + len(payload) > MAX_MESSAGE_BYTES // 2):
             frames.append(batch_frame(group))
             group, size = [], 0
         group.append(payload)
