@@ -337,7 +337,7 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["messaging", "overhead"]))
+@click.argument("what", type=click.Choice(["messaging", "overhead", "failover"]))
 @click.option("--tokens", type=click.IntRange(min=2), default=None,
               help="tokens per run [default: 20000 messaging, 128 overhead]")
 @click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True)
@@ -353,6 +353,8 @@ def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json
     overhead:  one greedy llama stream on the bundled model through A -> B,
                against llama-cpp-python streaming directly (same threads):
                decode tok/s ratio and time to first token added.
+    failover:  SIGKILL the executing node mid-stream; time until the next
+               token reaches the client, at heartbeat 0.5 s and 0.1 s.
     """
     import os
 
@@ -360,6 +362,8 @@ def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json
 
     if what == "messaging":
         report = benchmarks.run_messaging(tokens=tokens or 20_000, runs=runs)
+    elif what == "failover":
+        report = benchmarks.run_failover(runs=max(runs, 10))
     else:
         report = benchmarks.run_overhead(tokens=tokens or 128, runs=runs,
                                          threads=threads or max(1, (os.cpu_count() or 2) - 1))
