@@ -1,0 +1,127 @@
+"""A real network partition: three daemons on three hosts (network namespaces joined
+by veth pairs to a bridge in a fourth), one link cut mid-task, then healed.
+
+Every address used here is created by the test inside its own namespaces; nothing
+leaves them. Skipped, with the reason, where namespaces cannot be made (not root,
+no iproute2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import Daemon, _pump, wait_until
+
+SUBNET = "10.231.7"
+HEARTBEAT_S = 0.2
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def _can_make_namespaces() -> str | None:
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` is not installed"
+    probe = f"zq{os.getpid()}"
+    try:
+        _ip("netns", "add", probe)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return f"cannot create network namespaces here ({exc})"
+    _ip("netns", "del", probe)
+    return None
+
+
+@pytest.fixture
+def hosts() -> Iterator[dict[str, str]]:
+    """Namespaces z<pid>-a/b/c with addresses SUBNET.1-3, bridged in z<pid>-sw."""
+    reason = _can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
+    tag = f"z{os.getpid() % 100000}"
+    switch = f"{tag}-sw"
+    names = {"a": 1, "b": 2, "c": 3}
+    made = [switch]
+    try:
+        _ip("netns", "add", switch)
+        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", switch, "link", "set", "br0", "up")
+        for name, host in names.items():
+            ns = f"{tag}-{name}"
+            _ip("netns", "add", ns)
+            made.append(ns)
+            _ip("link", "add", f"{tag}{name}h", "netns", ns, "type", "veth", "peer", "name", f"{tag}{name}s",
+                "netns", switch)
+            _ip("-n", ns, "addr", "add", f"{SUBNET}.{host}/24", "dev", f"{tag}{name}h")
+            _ip("-n", ns, "link", "set", f"{tag}{name}h", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", switch, "link", "set", f"{tag}{name}s", "master", "br0")
+            _ip("-n", switch, "link", "set", f"{tag}{name}s", "up")
+        yield {"tag": tag, "switch": switch}
+    finally:
+        for ns in reversed(made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def _in(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def _daemon(env: dict[str, str], ns: str, name: str, host: int, *args: str) -> Daemon:
+    argv = _in(ns, sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", f"tcp://{SUBNET}.{host}:5555",
+               "--engine", "echo", "--echo-rate", "50", "--heartbeat-interval", str(HEARTBEAT_S), "--json", *args)
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    daemon = Daemon(name, proc, argv)
+    threading.Thread(target=_pump, args=(daemon,), daemon=True).start()
+    daemon.wait_ready()
+    return daemon
+
+
+def _peer_states(env: dict[str, str], ns: str, endpoint: str) -> dict[str, str]:
+    result = subprocess.run(_in(ns, sys.executable, "-m", "zmqllm", "peers", "--json", "--connect", endpoint,
+                                "--timeout", "2"), env=env, capture_output=True, text=True, timeout=30)
+    return {r["name"]: r["state"] for r in json.loads(result.stdout)} if result.returncode == 0 else {}
+
+
+def test_a_partitioned_executor_fails_over_and_rejoins_when_the_link_heals(hosts, zmqllm_env):
+    tag, switch = hosts["tag"], hosts["switch"]
+    a_ep = f"tcp://{SUBNET}.1:5555"
+    daemons = [_daemon(zmqllm_env, f"{tag}-a", "a", 1)]
+    try:
+        daemons.append(_daemon(zmqllm_env, f"{tag}-b", "b", 2, "--peer", a_ep))
+        daemons.append(_daemon(zmqllm_env, f"{tag}-c", "c", 3, "--peer", a_ep))
+        everyone = {"a": "alive", "b": "alive", "c": "alive"}
+        wait_until(lambda: _peer_states(zmqllm_env, f"{tag}-a", a_ep) == everyone, 10, interval=0.2,
+                   what="the three hosts to see each other")
+        client = subprocess.Popen(_in(f"{tag}-a", sys.executable, "-m", "zmqllm", "submit", "across the wire",
+                                      "--peer", "b", "--max-tokens", "150", "--json", "--connect", a_ep),
+                                  env=zmqllm_env, stdout=subprocess.PIPE, text=True)
+        events = []
+        cut_at = 0.0
+        assert client.stdout is not None
+        for line in client.stdout:
+            events.append(json.loads(line))
+            if events[-1]["type"] == "token" and events[-1]["seq"] == 20:
+                _ip("-n", switch, "link", "set", f"{tag}bs", "down")  # unplug b
+                cut_at = time.monotonic()
+        assert client.wait(30) == 0
+        tokens = [e for e in events if e["type"] == "token"]
+        assert [t["seq"] for t in tokens] == list(range(150))
+        failovers = [e for e in events if e["type"] == "failover"]
+        assert len(failovers) == 1 and failovers[0]["from"] == "b" and failovers[0]["to"] in ("a", "c")
+        assert events[-1]["type"] == "done" and events[-1]["executed_on"][0] == "b"
+        assert cut_at and _peer_states(zmqllm_env, f"{tag}-a", a_ep)["b"] == "dead"
+        _ip("-n", switch, "link", "set", f"{tag}bs", "up")  # heal
+        wait_until(lambda: _peer_states(zmqllm_env, f"{tag}-a", a_ep) == everyone, 15, interval=0.2,
+                   what="b to rejoin after the link heals")
+    finally:
+        for daemon in reversed(daemons):
+            daemon.stop()
