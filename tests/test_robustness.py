@@ -169,6 +169,11 @@ def test_up_starts_a_mesh_clients_find_it_and_ctrl_c_leaves_no_daemon(zmqllm_env
     assert result.returncode == 3  # the state file went with the mesh: nothing at the default endpoint
 
 
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -187,6 +192,7 @@ def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(spawn):
     spawn("b", "--peer", a.endpoint, "--echo-rate", "0")
     spawn("c", "--peer", a.endpoint, "--echo-rate", "50")
     wait_until(lambda: len(states(a)) == 3, 5, what="mesh")
+    rss_before = _rss_mb(a.proc.pid)
     ctx, stalled = _raw_dealer(a.endpoint)
     stalled.setsockopt(zmq.RCVHWM, 10)
     try:
@@ -213,6 +219,8 @@ def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(spawn):
 
         wait_until(flood_ended, 30, interval=0.2, what="the flood to be cut off")
         worker.join(5)
+        # 16 MiB of outbox plus 1000 queued frames of at most 256 tokens: bounded, whatever the flood
+        assert _rss_mb(a.proc.pid) - rss_before < 150
         assert rates and rates[0] > 35, f"the other client streamed at {rates} tok/s (50 nominal)"
     finally:
         ctx.destroy(linger=0)
