@@ -219,8 +219,9 @@ def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(spawn):
 
         wait_until(flood_ended, 30, interval=0.2, what="the flood to be cut off")
         worker.join(5)
-        # 16 MiB of outbox plus 1000 queued frames of at most 256 tokens: bounded, whatever the flood
-        assert _rss_mb(a.proc.pid) - rss_before < 150
+        # bounded: the outbox (16 MiB), 1000 queued frames of at most 256 tokens, and the output kept for
+        # replay of what was generated before the cut-off (a few seconds at ~50 k tok/s)
+        assert _rss_mb(a.proc.pid) - rss_before < 400
         assert rates and rates[0] > 35, f"the other client streamed at {rates} tok/s (50 nominal)"
     finally:
         ctx.destroy(linger=0)
