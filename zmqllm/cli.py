@@ -304,6 +304,34 @@ def models(connect: str, timeout: float, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--record", type=click.Path(dir_okay=False), help="also write every event to this file (JSON Lines)")
+@click.option("--replay", type=click.Path(dir_okay=False), help="show a recorded session instead of a live mesh")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="replay speed factor")
+@click.option("--connect", metavar="ENDPOINT", default=paths.default_connect, envvar="ZMQLLM_CONNECT",
+              show_default="$ZMQLLM_CONNECT, the last `zmqllm up`, or " + paths.DEFAULT_CONNECT,
+              help="any node of the mesh; the dashboard finds the rest [env: ZMQLLM_CONNECT]")
+def dash(record: str | None, replay: str | None, speed: float, connect: str) -> None:
+    """The live dashboard: message graph, peers, tasks, event trace; inject and cancel tasks.
+
+    It connects to one node, learns every peer and subscribes to each (a node
+    only sees its own traffic). Keys: ? help, i inject, c cancel, / filter,
+    p pause, q quit.
+
+    \b
+    Examples:
+      zmqllm dash --connect tcp://hostA:5555
+      zmqllm dash --record session.zrec
+      zmqllm dash --replay session.zrec --speed 4
+    """
+    from zmqllm.tui.app import DashboardError, run_dashboard
+
+    try:
+        sys.exit(run_dashboard(connect, record=record, replay=replay, speed=speed))
+    except DashboardError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+@main.command()
 @click.option("--nodes", type=click.IntRange(1, 16), default=None,
               help="daemons to start [default: 3, or one per core for llama when fewer]")
 @click.option("--engine", type=click.Choice(["echo", "llama"]), default="llama", show_default=True)
@@ -311,15 +339,17 @@ def models(connect: str, timeout: float, as_json: bool) -> None:
               help="llama model: a GGUF path or bundled:gemma3-270m")
 @click.option("--echo-rate", type=float, default=50.0, show_default=True, help="echo tokens/s")
 @click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one per node, then ready")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one per node, then ready (implies --no-dash)")
+@click.option("--no-dash", is_flag=True, help="keep the mesh up without opening the dashboard")
 def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_interval: float,
-       as_json: bool) -> None:
+       as_json: bool, no_dash: bool) -> None:
     """Start a local mesh of daemons (free ports) and keep it up until Ctrl-C.
 
     By default it serves the bundled model gemma3-270m (a small base model:
-    plain completion). The endpoints are recorded, so `zmqllm peers` and
-    `zmqllm submit` find the mesh without --connect. Daemon logs go to the
-    state dir (shown at start).
+    plain completion) and opens the dashboard on it; quitting the dashboard
+    (q) or Ctrl-C stops every daemon. The endpoints are recorded, so
+    `zmqllm peers` and `zmqllm submit` find the mesh without --connect. Daemon
+    logs go to the state dir (shown at start).
 
     \b
     Examples:
@@ -331,7 +361,8 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
 
     try:
         sys.exit(run_mesh(nodes=nodes or default_nodes(engine), engine=engine, model=model, echo_rate=echo_rate,
-                          heartbeat_interval=heartbeat_interval, as_json=as_json))
+                          heartbeat_interval=heartbeat_interval, as_json=as_json,
+                          dashboard=not (no_dash or as_json) and sys.stdout.isatty()))
     except LaunchError as exc:
         raise CliError(str(exc)) from None
 

@@ -84,6 +84,7 @@ class AsyncClient:
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())  # nodes (and their traces) name us by it
         sock.connect(self.endpoint)
         self._channel = Channel(sock, self._on_frames)
         return self

@@ -135,8 +135,10 @@ def _emit(as_json: bool, record: dict[str, Any], text: str) -> None:
 
 
 def run_mesh(*, nodes: int, engine: str, model: str, echo_rate: float, heartbeat_interval: float,
-             as_json: bool) -> int:
-    """Start the mesh, report it, supervise until SIGINT/SIGTERM; returns the exit code."""
+             as_json: bool, dashboard: bool = False) -> int:
+    """Start the mesh, report it, then open the dashboard on it (until the user quits)
+    or supervise until SIGINT/SIGTERM; returns the exit code. Every daemon started is
+    stopped on the way out."""
     state_dir = paths.state_file().parent
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +171,11 @@ def run_mesh(*, nodes: int, engine: str, model: str, echo_rate: float, heartbeat
               f"client commands find it without --connect:\n"
               f"  zmqllm peers\n  zmqllm submit \"Once upon a time\" --max-tokens 32\n"
               f"Ctrl-C stops every daemon.")
+        if dashboard:
+            from zmqllm.tui.app import run_dashboard
+
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the dashboard handles Ctrl-C itself
+            return run_dashboard(connect)
         _supervise(children, stopping, as_json)
         return 0
     finally:

@@ -424,7 +424,11 @@ class Node:
     def _name_of(self, identity: bytes) -> str:
         """A ROUTER identity as a dashboard shows it: a peer's name, or client:<id>."""
         peer = self.table.get(identity.decode("latin-1")) if self.table else None
-        return peer.name if peer is not None else "client:" + identity.hex()[:8]
+        if peer is not None:
+            return peer.name
+        if identity.startswith(b"client-") and identity.isascii():
+            return identity.decode()  # zmqllm clients route under their client id
+        return "client:" + identity.hex()[:8]
 
     async def _checkpoint_loop(self) -> None:
         while True:

@@ -277,16 +277,28 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, float, bool))
 
 
+_FLAT = (str, float, bool, type(None))
+
+
 def _is_plain(value: Any, depth: int = 0) -> bool:
     """Maps inside messages hold scalars, lists of scalars, or maps of those (depth ≤ 3)."""
+    if isinstance(value, dict):
+        if depth >= 3:
+            return False
+        for key, item in value.items():  # flat maps (trace events) take the fast path
+            if not isinstance(key, str):
+                return False
+            if type(item) in _FLAT or (type(item) is int and _INT_MIN <= item <= _INT_MAX):
+                continue
+            if not _is_plain(item, depth + 1):
+                return False
+        return True
     if _is_scalar(value):
         return True
     if depth >= 3:
         return False
     if isinstance(value, list):
         return all(_is_plain(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
     return False
 
 
