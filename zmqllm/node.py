@@ -427,7 +427,7 @@ class Node:
         if peer is not None:
             return peer.name
         if identity.startswith(b"client-") and identity.isascii():
-            return identity.decode()  # zmqllm clients route under their client id
+            return "client:" + identity.decode()[7:]  # zmqllm clients route under their client id
         return "client:" + identity.hex()[:8]
 
     async def _checkpoint_loop(self) -> None:
