@@ -149,6 +149,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def process_gone(pid: int) -> bool:
+    """Whether `pid` has exited (no such process, or only a zombie left to reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def states(daemon: Daemon) -> dict[str, str]:
     """name -> state as `daemon` sees the mesh."""
     with daemon.client() as client:

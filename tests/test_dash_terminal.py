@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import wait_until
+from conftest import process_gone, wait_until
 
 from zmqllm import paths
 
@@ -38,17 +38,10 @@ def test_up_opens_the_dashboard_on_three_peers_and_q_stops_every_daemon(zmqllm_e
         _tmux(socket, "send-keys", "q")
 
         def all_gone() -> bool:
-            return not any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in pids)
+            return all(process_gone(pid) for pid in pids)
 
         wait_until(all_gone, 20, interval=0.1, what="every daemon to stop after q")
         wait_until(lambda: not paths.state_file(zmqllm_env).exists(), 5, what="the state file to go")
     finally:
         subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=10)
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True

@@ -9,7 +9,7 @@ import socket
 import msgpack
 import pytest
 import zmq
-from conftest import run_cli, states, wait_until
+from conftest import process_gone, run_cli, states, wait_until
 
 from zmqllm import protocol
 from zmqllm.client import AsyncClient
@@ -130,7 +130,6 @@ def test_config_file_flags_and_env_combine(spawn, zmqllm_env, tmp_path):
 
 
 def test_up_starts_a_mesh_clients_find_it_and_ctrl_c_leaves_no_daemon(zmqllm_env):
-    import os
     import signal
     import subprocess
     import sys
@@ -164,7 +163,7 @@ def test_up_starts_a_mesh_clients_find_it_and_ctrl_c_leaves_no_daemon(zmqllm_env
             proc.kill()
             proc.wait()
     for pid in pids:
-        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), 10, what=f"daemon {pid} gone")
+        wait_until(lambda: process_gone(pid), 10, what=f"daemon {pid} gone")
     result = run_cli(zmqllm_env, "peers", "--timeout", "0.3")
     assert result.returncode == 3  # the state file went with the mesh: nothing at the default endpoint
 
@@ -172,14 +171,6 @@ def test_up_starts_a_mesh_clients_find_it_and_ctrl_c_leaves_no_daemon(zmqllm_env
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(spawn):
