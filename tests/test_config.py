@@ -171,6 +171,7 @@ def test_env_range_error_names_variable():
 @pytest.mark.parametrize("key,value,expected", [
     ("slots", "4", "flag --slots: key 'slots' must be an integer, got string '4'"),
     ("queue_limit", -1, "flag --queue-limit: key 'queue_limit' must be >= 0, got integer -1"),
+    ("send_buffer_mb", 0, "flag --send-buffer-mb: key 'send_buffer_mb' must be > 0 and <= 4096, got float 0.0"),
     ("json_logs", 1, "flag --json-logs: key 'json_logs' must be a boolean, got integer 1"),
     ("slot", 1, "flag --slot: unknown key 'slot' (did you mean 'slots'?)"),
 ])

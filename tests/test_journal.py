@@ -24,7 +24,11 @@ def test_journal_records_tasks_and_interrupts_the_unfinished(tmp_path):
     journal.accepted(running)
     running.assign("n1", "c", "echo")
     running.accept_token(0, "x ", [0])
-    journal.progress(running)
+    journal.progress(running, 0)
+    running.accept_token(1, "y ", [1])
+    running.accept_token(2, "z ", [2])
+    journal.progress(running, 1)  # only what the last checkpoint did not save
+    assert journal.result("t2")["text"] == "x y z " and journal.result("t2")["tokens"] == 3
     journal.close()
 
     reopened = Journal(tmp_path / "j.sqlite3")
@@ -32,7 +36,7 @@ def test_journal_records_tasks_and_interrupts_the_unfinished(tmp_path):
     rows = {r["task_id"]: r for r in reopened.rows()}
     assert rows["t1"]["state"] == "done" and rows["t1"]["finish_reason"] == "length"
     assert rows["t2"]["state"] == "failed" and "interrupted" in rows["t2"]["error"]["message"]
-    assert reopened.result("t2")["text"] == "x "
+    assert reopened.result("t2")["text"] == "x y z "
     chunks, final_type, final = reopened.replay("t1")
     assert chunks == [("hello ", [0])] and final_type == "DONE" and final["text"] == "hello "
     assert reopened.replay("t2")[1] == "ERROR" and reopened.result("nope") is None

@@ -320,3 +320,32 @@ def test_a_frozen_executor_is_declared_dead_its_task_resumes_and_its_late_tokens
 
     wait_until(b_stopped_the_task, 3, what="the thawed b to be told to stop")
     assert c.proc.poll() is None
+
+
+def test_a_full_node_rejects_as_busy_and_the_origin_routes_elsewhere_or_says_why(spawn):
+    """b and c report their load every 30 s only, so origin a believes b idle when it is not: b answers
+    REJECT busy and a places the task on c. With every node full the task ends `busy`, never silently."""
+    full_at_one = ("--slots", "1", "--queue-limit", "0", "--echo-rate", "20")
+    a = spawn("a", *full_at_one, "--suspect-after", "150", "--dead-after", "300", heartbeat=0.2)
+    b = spawn("b", "--peer", a.endpoint, *full_at_one, heartbeat=30)
+    spawn("c", "--peer", a.endpoint, *full_at_one, heartbeat=30)
+    wait_until(lambda: states(a) == {"a": "alive", "b": "alive", "c": "alive"}, 5, what="mesh")
+
+    async def run() -> tuple[list[dict], list[dict]]:
+        async with AsyncClient(a.endpoint) as via_a, AsyncClient(b.endpoint) as via_b:
+            streams = [via_b.submit("on b", max_tokens=500), via_a.submit("on a", max_tokens=500)]
+            for stream in streams:  # b and a each run their own client's task (ties go to the origin)
+                assert [(await stream.__anext__())["type"] for _ in range(2)] == ["accepted", "token"]
+            rerouted = via_a.submit("to c", max_tokens=500)
+            opening = [await rerouted.__anext__() for _ in range(2)]
+            refused = [event async for event in via_a.submit("nowhere", max_tokens=5)]
+            await via_a.cancel(opening[0]["task_id"])
+            return opening + [event async for event in rerouted], refused
+
+    rerouted, refused = asyncio.run(run())
+    assert [e["type"] for e in rerouted[:2]] == ["accepted", "token"], rerouted[-3:]
+    done = rerouted[-1]
+    assert done["type"] == "done" and done["finish_reason"] == "cancelled" and done["executed_on"] == ["c"], done
+    assert any("rejected by b" in line for line in a.log_lines), a.log()
+    assert refused[-1]["type"] == "error" and refused[-1]["code"] == "busy", refused
+    assert "every node serving the model refused" in refused[-1]["message"]

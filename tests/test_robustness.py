@@ -179,7 +179,7 @@ def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(spawn):
     import threading
     import time
 
-    a = spawn("a", "--echo-rate", "0")
+    a = spawn("a", "--echo-rate", "0", "--send-buffer-mb", "1")
     spawn("b", "--peer", a.endpoint, "--echo-rate", "0")
     spawn("c", "--peer", a.endpoint, "--echo-rate", "50")
     wait_until(lambda: len(states(a)) == 3, 5, what="mesh")
@@ -210,7 +210,7 @@ def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(spawn):
 
         wait_until(flood_ended, 30, interval=0.2, what="the flood to be cut off")
         worker.join(5)
-        # bounded: the outbox (16 MiB), 1000 queued frames of at most 256 tokens, and the output kept for
+        # bounded: the outbox (1 MiB here), 1000 queued frames of at most 256 tokens, and the output kept for
         # replay of what was generated before the cut-off (a few seconds at ~50 k tok/s)
         assert _rss_mb(a.proc.pid) - rss_before < 400
         assert rates and rates[0] > 35, f"the other client streamed at {rates} tok/s (50 nominal)"

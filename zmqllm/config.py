@@ -37,6 +37,7 @@ NAME_MAX_CHARS = 64
 FALLBACK_NAME = "node"
 PORT_MAX = 65535
 MIN_CTX_TOKENS = 16
+MAX_SEND_BUFFER_MB = 4096
 MAX_SHOWN_CHARS = 60  # longer bad values are cut so the error stays one readable line
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9*][A-Za-z0-9.*_%-]*)"
@@ -66,6 +67,7 @@ class NodeConfig:
     echo_rate: float = 50.0
     slots: int = 4
     queue_limit: int = 64
+    send_buffer_mb: float = 16.0
     heartbeat_interval: float = 0.5
     suspect_after: float = 2.0
     dead_after: float = 4.0
@@ -133,6 +135,7 @@ KEYS: dict[str, Key] = dict([
     _key("echo_rate", float, "echo engine tokens per second; 0 = as fast as possible"),
     _key("slots", int, "requests run at once"),
     _key("queue_limit", int, "requests waiting beyond the slots before rejecting as busy"),
+    _key("send_buffer_mb", float, "MiB held for one receiver that stopped reading before its tasks are cut off"),
     _key("heartbeat_interval", float, "seconds between heartbeats"),
     _key("suspect_after", float, "heartbeat intervals of silence before a peer is suspect"),
     _key("dead_after", float, "heartbeat intervals of silence before a peer is dead"),
@@ -340,6 +343,7 @@ def _validate(c: NodeConfig, source) -> None:
     need(c.echo_rate >= 0, "echo_rate", ">= 0")
     need(c.slots >= 1, "slots", ">= 1")
     need(c.queue_limit >= 0, "queue_limit", ">= 0")
+    need(0 < c.send_buffer_mb <= MAX_SEND_BUFFER_MB, "send_buffer_mb", f"> 0 and <= {MAX_SEND_BUFFER_MB}")
     need(c.heartbeat_interval > 0, "heartbeat_interval", "> 0")
     need(c.suspect_after > 0, "suspect_after", "> 0")
     if c.suspect_after >= c.dead_after:

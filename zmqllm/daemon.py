@@ -30,6 +30,7 @@ def settings_from(config: NodeConfig) -> NodeSettings:
         advertise=config.advertise,
         liveness=Liveness(config.heartbeat_interval, config.suspect_after, config.dead_after),
         queue_limit=config.queue_limit,
+        send_buffer_bytes=int(config.send_buffer_mb * 2**20),
         data_dir=data_dir_for(config),
     )
 

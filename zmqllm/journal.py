@@ -2,17 +2,21 @@
 
 Every task a node accepts as origin is written before ACCEPTED is sent, its
 executor and progress as they change (progress at most every
-`CHECKPOINT_INTERVAL_S`), and its one final DONE or ERROR with every chunk it
-delivered. A node killed mid-task finds its unfinished tasks at the next start
+`CHECKPOINT_INTERVAL_S`, as rows of the `output` table holding only the text
+produced since the last checkpoint, so a long stream costs the same per
+checkpoint as a short one), and its one final DONE or ERROR with every chunk
+it delivered (the output rows are then folded into the task's row). A node killed mid-task finds its unfinished tasks at the next start
 and marks them interrupted: none vanishes. WAL with synchronous=NORMAL survives
 the process dying at any moment (not a power cut, which costs the last commits).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     final       TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created);
+CREATE TABLE IF NOT EXISTS output (
+    task_id TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    text    TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
 """
 
 
@@ -67,21 +77,28 @@ class Journal:
         self._db.execute("INSERT OR IGNORE INTO tasks (task_id, created, updated, state, spec) VALUES (?, ?, ?, ?, ?)",
                          (task.task_id, now, now, task.state, json.dumps(body)))
 
-    def progress(self, task: OriginTask) -> None:
-        """Executor, state and the text so far."""
-        self._db.execute(
-            "UPDATE tasks SET updated = ?, state = ?, model = ?, executor = ?, executed_on = ?, tokens = ?, text = ? "
-            "WHERE task_id = ?",
-            (time.time(), task.state, task.model, task.executor_name, json.dumps(task.executed_on), len(task.tokens),
-             task.text(), task.task_id))
+    def progress(self, task: OriginTask, saved: int) -> None:
+        """Executor, state, and the text of the tokens after the first `saved` (already on disk)."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE tasks SET updated = ?, state = ?, model = ?, executor = ?, executed_on = ?, tokens = ? "
+                "WHERE task_id = ?",
+                (time.time(), task.state, task.model, task.executor_name, json.dumps(task.executed_on),
+                 len(task.tokens), task.task_id))
+            if saved < len(task.tokens):
+                self._db.execute("INSERT OR REPLACE INTO output (task_id, seq, text) VALUES (?, ?, ?)",
+                                 (task.task_id, saved, "".join(text for text, _ in task.tokens[saved:])))
 
     def finished(self, task: OriginTask) -> None:
         """The final message, and every chunk, so a resent SUBMIT streams the same again."""
-        self._db.execute(
-            "UPDATE tasks SET updated = ?, state = ?, model = ?, executor = ?, executed_on = ?, tokens = ?, text = ?, "
-            "chunks = ?, final_type = ?, final = ? WHERE task_id = ?",
-            (time.time(), task.state, task.model, task.executor_name, json.dumps(task.executed_on), len(task.tokens),
-             task.text(), json.dumps(task.tokens), task.final_type, json.dumps(task.final), task.task_id))
+        with self._transaction():
+            self._db.execute(
+                "UPDATE tasks SET updated = ?, state = ?, model = ?, executor = ?, executed_on = ?, tokens = ?, "
+                "text = ?, chunks = ?, final_type = ?, final = ? WHERE task_id = ?",
+                (time.time(), task.state, task.model, task.executor_name, json.dumps(task.executed_on),
+                 len(task.tokens), task.text(), json.dumps(task.tokens), task.final_type, json.dumps(task.final),
+                 task.task_id))
+            self._db.execute("DELETE FROM output WHERE task_id = ?", (task.task_id,))
 
     def interrupt_unfinished(self, origin: str) -> int:
         """At start: tasks the last run of this node left unfinished end as failed.
@@ -90,9 +107,27 @@ class Journal:
         for task_id, tokens in rows:
             error = {"task_id": task_id, "code": "internal", "retryable": True,
                      "message": f"interrupted: origin {origin} stopped or crashed after {tokens} tokens"}
-            self._db.execute("UPDATE tasks SET updated = ?, state = 'failed', final_type = 'ERROR', final = ? "
-                             "WHERE task_id = ?", (time.time(), json.dumps(error), task_id))
+            with self._transaction():
+                self._db.execute("UPDATE tasks SET updated = ?, state = 'failed', text = ?, final_type = 'ERROR', "
+                                 "final = ? WHERE task_id = ?",
+                                 (time.time(), self._output(task_id), json.dumps(error), task_id))
+                self._db.execute("DELETE FROM output WHERE task_id = ?", (task_id,))
         return len(rows)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _output(self, task_id: str) -> str:
+        """The checkpointed text of an unfinished task."""
+        rows = self._db.execute("SELECT text FROM output WHERE task_id = ? ORDER BY seq", (task_id,))
+        return "".join(text for (text,) in rows)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -111,7 +146,7 @@ class Journal:
         if found is None:
             return None
         row = _row(*found[:-1])
-        row["text"] = found[-1]
+        row["text"] = found[-1] if found[8] is not None else self._output(task_id)
         return row
 
     def replay(self, task_id: str) -> tuple[list[tuple[str, list[int]]], str, dict[str, Any]] | None:

@@ -32,6 +32,7 @@ from zmqllm.origin import Origin
 from zmqllm.protocol import Message, ProtocolError
 from zmqllm.remote import RemoteTasks
 from zmqllm.transport import (
+    OUTBOX_LIMIT_BYTES,
     SHUTDOWN_LINGER_MS,
     Channel,
     Mailer,
@@ -75,6 +76,8 @@ class NodeSettings:
     advertise: str | None = None
     liveness: Liveness = Liveness()
     queue_limit: int = 64
+    send_buffer_bytes: int = OUTBOX_LIMIT_BYTES
+    """Bytes held for one receiver that stopped reading before its tasks are cut off."""
     data_dir: Path | None = None
     """Where the task journal lives; None keeps tasks in memory only."""
 
@@ -116,7 +119,7 @@ class Node:
                 log.warning("%d task(s) were unfinished when this node last stopped: marked interrupted", interrupted)
         router, bound = bind_router(self.ctx, self.settings.bind)
         self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
-        self.mailer = Mailer(self.router, self._undeliverable)
+        self.mailer = Mailer(self.router, self._undeliverable, self.settings.send_buffer_bytes)
         self.endpoint = advertised_endpoint(bound, self.settings.advertise)
         if not is_loopback(bound):
             log.warning("bound %s: traffic is plaintext and unauthenticated (no CURVE yet)", bound)

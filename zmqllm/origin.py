@@ -17,7 +17,7 @@ from zmqllm.engines.base import SAMPLING_KEYS, EngineError, GenerationResult, To
 from zmqllm.protocol import Message
 from zmqllm.scheduler import Candidate, NoRoute, choose_executor
 from zmqllm.tasks import OriginTask, TaskSpec, done_fields
-from zmqllm.transport import OUTBOX_LIMIT_BYTES, Sent
+from zmqllm.transport import Sent
 
 if TYPE_CHECKING:
     from zmqllm.node import Node
@@ -327,8 +327,12 @@ class Origin:
             return
         for task in self.tasks.values():
             if not task.finished and len(task.tokens) != task.checkpointed:
-                journal.progress(task)
-                task.checkpointed = len(task.tokens)
+                self._save_progress(task)
+
+    def _save_progress(self, task: OriginTask) -> None:
+        assert self.node.journal is not None
+        self.node.journal.progress(task, task.checkpointed)
+        task.checkpointed = len(task.tokens)
 
     def _publish_task(self, task: OriginTask, **extra: str) -> None:
         """A task's state change, for dashboards and the journal."""
@@ -336,7 +340,7 @@ class Origin:
             if task.finished:
                 self.node.journal.finished(task)
             else:
-                self.node.journal.progress(task)
+                self._save_progress(task)
         if self.node.events.active:
             self.node.publish({"k": "task", "task_id": task.task_id, "state": task.state,
                                "origin": self.node.settings.name, "executor": task.executor_name,
@@ -362,7 +366,8 @@ class Origin:
             task = self.tasks.get(task_id)
             alone = clients == [client]
             if task is not None and not task.finished and sent is Sent.FULL:
-                text = f"task {task_id}: the client stopped reading ({OUTBOX_LIMIT_BYTES >> 20} MiB waiting)"
+                text = (f"task {task_id}: the client stopped reading "
+                        f"({self.node.settings.send_buffer_bytes / 2**20:g} MiB waiting, send_buffer_mb)")
                 if alone:
                     self._end_error(task, "slow_client", text + "; task cancelled")
                 else:

@@ -217,8 +217,10 @@ class Mailer:
     per receiver is kept. A receiver that cannot take more (gone, or past its
     outbox bound) is reported once per flush to `on_failure`."""
 
-    def __init__(self, channel: Channel, on_failure: Callable[[bytes, Sent], None]) -> None:
+    def __init__(self, channel: Channel, on_failure: Callable[[bytes, Sent], None],
+                 limit: int = OUTBOX_LIMIT_BYTES) -> None:
         self.channel = channel
+        self.limit = limit
         self._on_failure = on_failure
         self._queued: dict[bytes, list[bytes]] = {}
         self._final: set[bytes] = set()
@@ -256,7 +258,7 @@ class Mailer:
             sent = self.channel.send([identity, frame])
             if sent is not Sent.FULL:
                 return sent
-            outbox = Outbox(self.channel, on_empty=lambda: self._outboxes.pop(identity, None))
+            outbox = Outbox(self.channel, self.limit, on_empty=lambda: self._outboxes.pop(identity, None))
             self._outboxes[identity] = outbox
         return outbox.send([identity, frame], force)
 
