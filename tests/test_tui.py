@@ -19,6 +19,7 @@ from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
+from zmqllm.client import AsyncClient
 from zmqllm.tui.app import DashboardError, MeshDashboard, run_dashboard
 from zmqllm.tui.confirm import ConfirmScreen
 from zmqllm.tui.help import HelpScreen
@@ -335,6 +336,19 @@ async def test_live_echo_mesh_peers_inject_and_a_killed_node(spawn: Callable[...
         await pilot.press("enter")
         await _until(pilot, lambda: app.output.text == "one two three four " * 2, 10, "the injected task's tokens")
         assert app.tasks.selected_task is not None and state.tasks[app.tasks.selected_task].state == "done"
+        # a long task, cancelled from the dashboard: c, then y
+        await pilot.press("i", *"long")
+        app.screen.query_one("#max_tokens", Input).value = "100000"
+        await pilot.press("enter")
+        await _until(pilot, lambda: len(state.tasks) == 2 and app.tasks.selected_task is not None
+                     and state.tasks[app.tasks.selected_task].tokens > 3, 10, "the long task streaming")
+        long_task = state.tasks[app.tasks.selected_task]
+        app.tasks.focus()
+        await pilot.press("c", "y")
+        await _until(pilot, lambda: long_task.state == "done" and long_task.finish_reason == "cancelled", 5,
+                     "the long task cancelled")
+        async with AsyncClient(a.endpoint) as client:
+            assert (await client.status())["tasks"]["routing"] == 0
         c.kill()
         await _until(pilot, lambda: cell("c", "state") == "dead" and app.graph.nodes["c"].state == "dead", 15,
                      "c dead in table and graph")
