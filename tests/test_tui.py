@@ -10,7 +10,7 @@ import io
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +277,44 @@ async def test_replay_has_no_mesh_to_inject_into_and_the_layout_fits_80x24(harne
         await h.pilot.pause()
         assert any("no mesh" in n.message for n in h.app._notifications)
         assert not h.app.query_one("#banner").has_class("-error")
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The event log shows local times: pin the zone so snapshots match on any machine."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def _snapshot_app(recording: Path, at: float, *inputs: str) -> tuple[MeshDashboard, Callable[[Pilot[int]], Any]]:
+    """The dashboard on a paused replay at `at` seconds: a frozen clock, so every run draws the same screen."""
+    h = Harness(recording)
+
+    async def before(pilot: Pilot[int]) -> None:
+        h.pilot = pilot
+        await h.at(at)
+        if inputs:
+            await pilot.press(*inputs)
+            for field in pilot.app.screen.query(Input):
+                field.cursor_blink = False
+            await pilot.pause()
+
+    return h.app, before
+
+
+def test_main_screen_snapshot(utc: None, recording: Path, snap_compare: Callable[..., bool]) -> None:
+    """Graph with edge rates, peers, two streaming tasks with the first one's output, and the trace."""
+    app, before = _snapshot_app(recording, 0.5)
+    assert snap_compare(app, terminal_size=SIZE, run_before=before)
+
+
+def test_inject_form_snapshot(utc: None, recording: Path, snap_compare: Callable[..., bool]) -> None:
+    """The inject form over the main screen, with a prompt typed in."""
+    app, before = _snapshot_app(recording, 2.5, "i", *"Once upon a time")
+    assert snap_compare(app, terminal_size=SIZE, run_before=before)
 
 
 def test_recorder_output_replays_into_the_same_state(tmp_path: Path) -> None:

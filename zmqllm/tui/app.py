@@ -157,7 +157,7 @@ class MeshDashboard(App[int]):
             with self.batch_update():
                 nodes = [NodeView(p.name, p.models[0] if p.models else "", p.state, p.busy, p.total)
                          for p in state.peers.values()]
-                self.graph.update_graph(nodes, state.edge_rates(now))
+                self.graph.update_graph(nodes, state.edge_rates(now), now)
                 self.peers.update_peers(state.peers)
                 self.tasks.update_tasks(state.tasks, now)
                 if self._follow_task is not None and self._follow_task in state.tasks:

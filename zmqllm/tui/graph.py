@@ -28,6 +28,11 @@ STATE_STYLES = {"alive": "black on green", "suspect": "black on yellow", "dead":
 KIND_STYLES = {"heartbeat": "blue", "task": "yellow", "token": "green", "error": "bold red"}
 IDLE_EDGE_STYLE = Style.parse("bright_black")
 PULSE = "●"
+PULSE_BASE_SPEED = 0.3
+"""Edge lengths a pulse travels per second on an idle-ish edge; busier edges go faster (log of the rate)."""
+PULSE_MAX_SPEED = 2.5
+MAX_PULSE_STEP_S = 0.5
+"""A stall (a suspended terminal, a replay seek) moves pulses at most this much time at once."""
 BOLD = Style(bold=True)
 MAX_BOX_WIDTH = 18
 MIN_LABEL_WIDTH = len("16/16 suspect")
@@ -105,12 +110,18 @@ class MessageGraph(Widget, can_focus=True):
         self._edge_styles: dict[EdgeKey, Style] = {}
         self._overlay: dict[int, dict[int, Cell]] = {}
         self._phase: dict[EdgeKey, float] = {}
+        self._now: float | None = None
+        self._elapsed = 0.0
         self._styles: dict[tuple[str, str, bool], Style] = {}
 
     # -- feeding -------------------------------------------------------------------------
 
-    def update_graph(self, nodes: list[NodeView], edges: list[EdgeRate]) -> None:
-        """Show this tick's nodes and edge rates, refreshing only the rows that change."""
+    def update_graph(self, nodes: list[NodeView], edges: list[EdgeRate], now: float) -> None:
+        """Show this tick's nodes and edge rates, refreshing only the rows that change. Pulses move with
+        `now` (the state's clock), not with the number of ticks: a frozen replay clock draws the same frame."""
+        elapsed = min(MAX_PULSE_STEP_S, max(0.0, now - self._now)) if self._now is not None else 0.0
+        self._now = now
+        self._elapsed = elapsed
         self.nodes = {node.name: node for node in nodes}
         edges_now = {(e.a, e.b): e for e in edges if e.a in self.nodes and e.b in self.nodes}
         order = sorted(self.nodes)
@@ -196,7 +207,8 @@ class MessageGraph(Widget, can_focus=True):
         for key, edge, path in busy:
             phase = self._phase.get(key, 0.0)
             if advance:
-                phase = (phase + min(0.25, 0.03 + 0.03 * math.log1p(edge.rate))) % 1.0
+                speed = min(PULSE_MAX_SPEED, PULSE_BASE_SPEED * (1 + math.log1p(edge.rate)))
+                phase = (phase + speed * self._elapsed) % 1.0
                 self._phase[key] = phase
             step = int(phase * len(path))
             px, py = path[step] if edge.forward >= 0.5 else path[len(path) - 1 - step]
