@@ -35,7 +35,7 @@ PER_TYPE = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 """msgpack integers run from the smallest int64 to the largest uint64."""
-MAX_DEPTH = 3
+MAX_DEPTH = protocol.MAX_NESTING
 """A value at this depth inside a map field must be a scalar (see protocol._is_plain)."""
 
 # -- strategies -------------------------------------------------------------------
@@ -140,15 +140,16 @@ def test_nested_map_fields_keep_their_shape(value: dict[str, Any]) -> None:
 
 
 def test_map_deeper_than_the_rule_is_refused() -> None:
-    ok = {"a": {"b": {"c": 1}}}
+    ok = {"a": {"b": {"c": {"d": 1}}}}
     assert decode(frame(envelope("STATUS", status=ok)))["status"] == ok
-    too_deep = {"a": {"b": {"c": {"d": 1}}}}
+    too_deep = {"a": {"b": {"c": {"d": {"e": 1}}}}}
     error = rejected(frame(envelope("STATUS", status=too_deep)))
     assert error.code == "bad_request" and "'status'" in error.message
-    row_too_deep = [{"a": {"b": {"c": 1}}}]
+    row_too_deep = [{"a": {"b": {"c": {"d": 1}}}}]
     error = rejected(frame(envelope("PEERS", peers=row_too_deep)))
     assert error.code == "bad_request" and "'peers'" in error.message
-    assert decode(frame(envelope("PEERS", peers=[{"a": {"b": 1}}])))["peers"] == [{"a": {"b": 1}}]
+    row_ok = [{"a": {"b": {"c": 1}}}]
+    assert decode(frame(envelope("PEERS", peers=row_ok)))["peers"] == row_ok
 
 
 def test_optional_field_absent_and_present() -> None:
@@ -271,7 +272,7 @@ def test_missing_field_is_named() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [("max_tokens", "4"), ("max_tokens", 4.0), ("prompt", b"hi"), ("stop", "x"), ("stop", [1]),
-     ("params", []), ("params", {"k": b"raw"}), ("params", {"k": [[[1]]]}),
+     ("params", []), ("params", {"k": b"raw"}), ("params", {"k": [[[[1]]]]}),
      ("model", 3)],
 )
 def test_wrong_field_type_is_named(name: str, value: Any) -> None:

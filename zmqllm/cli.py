@@ -406,3 +406,6 @@ def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json
         report = benchmarks.run_overhead(tokens=tokens or 128, runs=runs,
                                          threads=threads or max(1, (os.cpu_count() or 2) - 1))
     click.echo(json.dumps(report, indent=2) if as_json else report["summary"])
+
+
+from zmqllm import cli_workflows  # noqa: E402,F401  (registers run, runs and workflows on `main`)

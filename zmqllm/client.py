@@ -79,6 +79,8 @@ class AsyncClient:
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._streams: dict[str, _Stream] = {}
         self._events: _Stream | None = None
+        self._runs: dict[str, _Stream] = {}
+        self._stream_refs: dict[int, _Stream] = {}
 
     async def __aenter__(self) -> AsyncClient:
         self._ctx = zmq.Context()
@@ -182,6 +184,39 @@ class AsyncClient:
                 with contextlib.suppress(MeshUnreachable):
                     self._send("UNSUBSCRIBE")
 
+    async def run(self, spec: str | None = None, input: str = "", *, source: str = "workflow",
+                  run_id: str | None = None, resume: bool = False, attach: bool = False
+                  ) -> AsyncIterator[dict[str, Any]]:
+        """Start a workflow run (`spec` is the TOML text) on this node, or `resume`/`attach` to run
+        `run_id`, and stream its events (docs/workflows.md) until the final `done` or `error`. An invalid
+        spec or unknown run raises `RequestFailed`."""
+        run_id = run_id or uuid.uuid4().hex[:12]
+        stream = self._runs.setdefault(run_id, _Stream())
+        ref = next(self._ids)
+        self._stream_refs[ref] = stream  # an ERROR answering the RUN (bad spec, unknown run) ends this stream
+        try:
+            self._send("RUN", ref, run_id=run_id, spec=spec, source=source, input=input,
+                       resume=resume or None, attach=attach or None)
+            while True:
+                reply = await self._next_for_task(stream)
+                if reply.type == "ERROR":
+                    raise RequestFailed(reply["code"], reply["message"])
+                event = dict(reply["event"])
+                yield event
+                if event.get("type") in ("done", "error"):
+                    return
+        finally:
+            self._runs.pop(run_id, None)
+            self._stream_refs.pop(ref, None)
+
+    async def runs(self) -> list[dict[str, Any]]:
+        """The workflow runs this node orchestrated, newest first."""
+        return list((await self.request("GET_RUNS"))["runs"])
+
+    async def cancel_run(self, run_id: str) -> None:
+        """Cancel a run: its stream then ends with `done` (cancelled)."""
+        self._send("CANCEL_RUN", run_id=run_id)
+
     def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
         """A chat (`[{"role": "user", "content": ...}, ...]`), streamed like `submit`."""
         return self.submit("", messages=messages, **kwargs)
@@ -202,10 +237,10 @@ class AsyncClient:
 
     # -- socket --------------------------------------------------------------------------
 
-    def _send(self, type_: str, **fields: Any) -> Message:
+    def _send(self, type_: str, id: int | None = None, **fields: Any) -> Message:
         if self._channel is None:
             raise RuntimeError("client is not open: use `async with AsyncClient(...)`")
-        message = protocol.make(type_, src=self.client_id, id=next(self._ids), **fields)
+        message = protocol.make(type_, src=self.client_id, id=next(self._ids) if id is None else id, **fields)
         if self._channel.send([protocol.encode(message)]) is not Sent.OK:
             raise MeshUnreachable(self.endpoint, self.timeout)  # its queue is full: it has not answered
         return message
@@ -221,8 +256,13 @@ class AsyncClient:
                     self._events.messages.append(message)
                     self._events.arrived.set()
                 continue
-            task_id = message.get("task_id")
-            stream = self._streams.get(task_id) if isinstance(task_id, str) else None
+            if message.type == "RUN_EVENT":
+                stream = self._runs.get(message["run_id"])
+            elif message.re is not None and message.re in self._stream_refs:
+                stream = self._stream_refs.pop(message.re)
+            else:
+                task_id = message.get("task_id")
+                stream = self._streams.get(task_id) if isinstance(task_id, str) else None
             if stream is not None:
                 stream.messages.append(message)
                 stream.arrived.set()

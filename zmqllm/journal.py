@@ -44,6 +44,26 @@ CREATE TABLE IF NOT EXISTS tasks (
     final       TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id   TEXT PRIMARY KEY,
+    created  REAL NOT NULL,
+    updated  REAL NOT NULL,
+    state    TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    spec     TEXT NOT NULL,
+    input    TEXT NOT NULL,
+    output   TEXT,
+    error    TEXT,
+    final    TEXT
+);
+CREATE TABLE IF NOT EXISTS run_tasks (
+    run_id TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    record TEXT NOT NULL,
+    text   TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
 CREATE TABLE IF NOT EXISTS output (
     task_id TEXT NOT NULL,
     seq     INTEGER NOT NULL,
@@ -128,6 +148,51 @@ class Journal:
         """The checkpointed text of an unfinished task."""
         rows = self._db.execute("SELECT text FROM output WHERE task_id = ? ORDER BY seq", (task_id,))
         return "".join(text for (text,) in rows)
+
+    # -- workflow runs (this node orchestrating) -------------------------------------------
+
+    def run_started(self, run_id: str, workflow: str, source: str, spec: str, input: str) -> None:
+        now = time.time()
+        self._db.execute("INSERT INTO runs (run_id, created, updated, state, workflow, source, spec, input) "
+                         "VALUES (?, ?, ?, 'running', ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+                         "state = 'running', updated = excluded.updated",
+                         (run_id, now, now, workflow, source, spec, input))
+
+    def run_task_done(self, run_id: str, key: str, text: str, record: dict[str, Any]) -> None:
+        """One finished task of a run: what `--resume` does not run again."""
+        self._db.execute("INSERT OR REPLACE INTO run_tasks (run_id, key, record, text) VALUES (?, ?, ?, ?)",
+                         (run_id, key, json.dumps(record), text))
+
+    def run_finished(self, run_id: str, state: str, final: dict[str, Any]) -> None:
+        self._db.execute("UPDATE runs SET updated = ?, state = ?, output = ?, error = ?, final = ? WHERE run_id = ?",
+                         (time.time(), state, final.get("output"), final.get("message"), json.dumps(final), run_id))
+
+    def interrupt_runs(self) -> int:
+        """At start: runs the last run of this node left going can be resumed, never silently lost."""
+        return self._db.execute("UPDATE runs SET state = 'interrupted', updated = ? WHERE state = 'running'",
+                                (time.time(),)).rowcount
+
+    def run_rows(self, limit: int = LIST_LIMIT) -> list[dict[str, Any]]:
+        """Newest first: what `zmqllm runs` lists."""
+        cursor = self._db.execute(
+            "SELECT r.run_id, r.workflow, r.state, r.created, r.updated, r.error, "
+            "(SELECT COUNT(*) FROM run_tasks t WHERE t.run_id = r.run_id) FROM runs r ORDER BY created DESC LIMIT ?",
+            (limit,))
+        return [{"run_id": run_id, "workflow": workflow, "state": state, "created": round(created, 3),
+                 "elapsed_s": round(updated - created, 3), "tasks_done": done, "error": error}
+                for run_id, workflow, state, created, updated, error, done in cursor]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """A run's spec, input, state, final record, and its finished tasks by key."""
+        found = self._db.execute("SELECT state, workflow, source, spec, input, final FROM runs WHERE run_id = ?",
+                                 (run_id,)).fetchone()
+        if found is None:
+            return None
+        state, workflow, source, spec, input, final = found
+        tasks = {key: (text, json.loads(record)) for key, text, record in self._db.execute(
+            "SELECT key, text, record FROM run_tasks WHERE run_id = ?", (run_id,))}
+        return {"state": state, "workflow": workflow, "source": source, "spec": spec, "input": input,
+                "final": json.loads(final) if final else None, "tasks": tasks}
 
     # -- reading ------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from zmqllm.events import FLUSH_INTERVAL_S, EventHub
 from zmqllm.executor import Executor
 from zmqllm.journal import CHECKPOINT_INTERVAL_S, Journal
 from zmqllm.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
+from zmqllm.orchestrator import Orchestrator
 from zmqllm.origin import Origin
 from zmqllm.protocol import Message, ProtocolError
 from zmqllm.remote import RemoteTasks
@@ -100,6 +101,7 @@ class Node:
         self.links: dict[str, Link] = {}
         self.origin = Origin(self)
         self.remote = RemoteTasks(self)
+        self.orchestrator = Orchestrator(self)
         self.events = EventHub()
         self.journal: Journal | None = None
         self._ids = itertools.count(1)
@@ -117,6 +119,10 @@ class Node:
             interrupted = self.journal.interrupt_unfinished(self.settings.name)
             if interrupted:
                 log.warning("%d task(s) were unfinished when this node last stopped: marked interrupted", interrupted)
+            runs = self.journal.interrupt_runs()
+            if runs:
+                log.warning("%d workflow run(s) were going when this node last stopped: resume them with "
+                            "zmqllm run --resume RUN_ID (zmqllm runs lists them)", runs)
         router, bound = bind_router(self.ctx, self.settings.bind)
         self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
         self.mailer = Mailer(self.router, self._undeliverable, self.settings.send_buffer_bytes)
@@ -158,6 +164,7 @@ class Node:
         await asyncio.gather(*loops, return_exceptions=True)
         self.remote.abandon_all("node stopping")
         await self.executor.close()
+        self.orchestrator.fail_all(f"node {self.settings.name} stopped before the run finished")
         self.origin.fail_all("internal", f"node {self.settings.name} stopped before the task finished")
         bye = self.message("BYE", node_id=self.node_id, name=self.settings.name)
         for link in self.links.values():
@@ -202,6 +209,7 @@ class Node:
         log.info("receiver %r %s", identity, sent.value)
         self.events.unsubscribe(identity)
         self.origin.client_failed(identity, sent)
+        self.orchestrator.client_failed(identity)
         self.remote.origin_failed(identity, sent)
 
     def reply_error(self, identity: bytes, code: str, text: str, *, re: int | None = None,
@@ -386,6 +394,12 @@ class Node:
                                  re=message.id, task_id=message["task_id"])
         elif kind == "ASSIGN":
             self.remote.on_assign(identity, message)
+        elif kind == "RUN":
+            self.orchestrator.on_run(identity, message)
+        elif kind == "CANCEL_RUN":
+            self.orchestrator.on_cancel(identity, message)
+        elif kind == "GET_RUNS":
+            self.reply(identity, "RUNS", re=message.id, runs=self.orchestrator.listing())
         elif kind in ("SUBSCRIBE", "UNSUBSCRIBE"):
             if kind == "SUBSCRIBE":
                 self.events.subscribe(identity, self.clock())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from zmqllm.chat import check_messages
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_DEADLINE_S = 7 * 24 * 3600.0
+TaskListener = Callable[[str, dict[str, Any]], None]
 FINISHED_KEPT = 1024
 """Finished tasks remembered so a resent SUBMIT gets the same answer, not a second run."""
 
@@ -60,6 +62,8 @@ class Origin:
         self.node = node
         self.tasks: OrderedDict[str, OriginTask] = OrderedDict()
         self.clients: dict[str, list[bytes]] = {}
+        self.listeners: dict[str, TaskListener] = {}
+        """In-process watchers of a task (the workflow orchestrator), called with each message type and fields."""
 
     def in_flight(self) -> int:
         return sum(1 for t in self.tasks.values() if not t.finished)
@@ -87,6 +91,27 @@ class Origin:
             asyncio.get_running_loop().call_later(spec.deadline_s, self._expire, task)
         self._publish_task(task)
         self._route(task)
+
+    def submit_local(self, spec: TaskSpec, listener: TaskListener, avoid: Iterable[str] = ()) -> str | None:
+        """A task from inside this node (a workflow step), routed like any client's and journaled too; its
+        messages go to `listener`. Returns why it cannot run, or None once it is accepted."""
+        problem = validate_spec(spec)
+        if problem is not None or spec.task_id in self.tasks:
+            return problem or f"task id {spec.task_id} is taken"
+        task = OriginTask(spec, self.node.clock(), avoid=frozenset(avoid))
+        self.tasks[spec.task_id] = task
+        self.listeners[spec.task_id] = listener
+        if self.node.journal is not None:
+            self.node.journal.accepted(task)
+        self._publish_task(task)
+        self._route(task)
+        return None
+
+    def cancel(self, task_id: str) -> None:
+        """Stop a task this node is origin of (it ends `done`, finish_reason cancelled)."""
+        task = self.tasks.get(task_id)
+        if task is not None and not task.finished:
+            self._cancel(task)
 
     def on_cancel(self, client: bytes, message: Message) -> bool:
         task = self.tasks.get(message["task_id"])
@@ -137,10 +162,13 @@ class Origin:
         pinned = spec.peer if not task.failovers else None  # a pinned peer that died is left behind
         previous = task.executor_name
         while True:
-            exclude = set() if pinned else task.tried
+            exclude = set() if pinned else task.tried | task.avoid
             try:
                 chosen, model = choose_executor(self._candidates(), task.model or spec.model, pinned, exclude)
             except NoRoute as exc:
+                if task.avoid and exc.code == "no_peer_for_model":
+                    task.avoid = frozenset()  # a preference only: any node rather than none
+                    continue
                 if failover_reason is not None:
                     self._end_error(task, "peer_dead", f"{failover_reason}; cannot resume: {exc.message}", True)
                 elif exc.code == "no_peer_for_model" and task.tried:
@@ -354,6 +382,11 @@ class Origin:
         final = type_ in ("DONE", "ERROR")
         for client in self.clients.get(task.task_id, []):
             self.node.reply(client, type_, final=final, **fields)
+        listener = self.listeners.get(task.task_id)
+        if listener is not None:
+            if final:
+                del self.listeners[task.task_id]
+            listener(type_, fields)
 
     def client_failed(self, client: bytes, sent: Sent) -> None:
         """A client is gone or stopped reading. A task nobody reads any more is

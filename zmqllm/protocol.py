@@ -19,6 +19,8 @@ import msgpack
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Largest frame accepted (prompts of long documents fit; anything bigger is `too_large`)."""
+MAX_NESTING = 4
+"""Levels of lists and maps inside a map field (a run's final event: tasks → record → executed_on)."""
 MAX_BATCH = 4096
 """Most messages one batch frame may hold."""
 
@@ -38,6 +40,8 @@ ERROR_CODES = frozenset(
         "engine_failed",
         "task_unknown",
         "slow_client",
+        "run_unknown",
+        "step_failed",
         "internal",
     }
 )
@@ -136,6 +140,19 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     "SUBSCRIBE": {},
     "UNSUBSCRIBE": {},
     "EVENTS": {"node": STR, "events": MAPS, "dropped": INT},
+    # workflow runs (client → orchestrating node)
+    "RUN": {
+        "run_id": STR,
+        "spec": STR + _OPTIONAL,
+        "source": STR + _OPTIONAL,
+        "input": STR + _OPTIONAL,
+        "resume": BOOL + _OPTIONAL,
+        "attach": BOOL + _OPTIONAL,
+    },
+    "RUN_EVENT": {"run_id": STR, "event": MAP},
+    "CANCEL_RUN": {"run_id": STR},
+    "GET_RUNS": {},
+    "RUNS": {"runs": MAPS},
 }
 """Every message type and its fields; a trailing `?` marks an optional field."""
 
@@ -281,9 +298,9 @@ _FLAT = (str, float, bool, type(None))
 
 
 def _is_plain(value: Any, depth: int = 0) -> bool:
-    """Maps inside messages hold scalars, lists of scalars, or maps of those (depth ≤ 3)."""
+    """Maps inside messages hold scalars, lists and maps, nested at most `MAX_NESTING` deep."""
     if isinstance(value, dict):
-        if depth >= 3:
+        if depth >= MAX_NESTING:
             return False
         for key, item in value.items():  # flat maps (trace events) take the fast path
             if not isinstance(key, str):
@@ -295,7 +312,7 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
         return True
     if _is_scalar(value):
         return True
-    if depth >= 3:
+    if depth >= MAX_NESTING:
         return False
     if isinstance(value, list):
         return all(_is_plain(v, depth + 1) for v in value)

@@ -84,3 +84,11 @@ def task_table(rows: list[dict[str, Any]]) -> str:
     body = [[r["task_id"], r["state"], ending(r), ",".join(r.get("executed_on") or []) or (r.get("executor") or "-"),
              str(r["tokens"]), f"{r['elapsed_s']:.1f}s"] for r in rows]
     return table(["TASK", "STATE", "END", "EXECUTED ON", "TOKENS", "ELAPSED"], body)
+
+
+def run_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no workflow runs"
+    return table(["run", "workflow", "state", "tasks done", "elapsed", "error"],
+                 [[r["run_id"], r["workflow"], r["state"], str(r.get("tasks_done", "")),
+                   f"{r.get('elapsed_s', 0):.1f}s", (r.get("error") or "")[:60]] for r in rows])

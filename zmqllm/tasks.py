@@ -71,6 +71,8 @@ class OriginTask:
     failovers: int = 0
     checkpointed: int = 0
     """Tokens already saved in the journal."""
+    avoid: frozenset[str] = frozenset()
+    """Peers to place it elsewhere than, when another can take it (a workflow's distinct branches)."""
     told_to_stop: set[str] = field(default_factory=set)
     """Former executors sent a CANCEL because they kept streaming after a failover."""
 
