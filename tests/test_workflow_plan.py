@@ -381,7 +381,7 @@ def test_two_runs_ask_for_the_same_tasks() -> None:
     ("draft-critique-revise", "Why is the sky blue?",
      lambda r: "No changes." if r.key == "polish@2.critique" else last_line(r), "Revised answer:"),
     ("map-reduce-summary", "\n\n".join(f"Paragraph {i}. " + "Words go here. " * 40 for i in range(5)),
-     last_line, "Summary of the whole document in three sentences:"),
+     last_line, "Overall summary:"),
 ])
 def test_examples_run_end_to_end_with_fake_outputs(name: str, input: str, reply: Callable[[TaskRequest], str],
                                                    expected: str) -> None:
@@ -392,7 +392,8 @@ def test_examples_run_end_to_end_with_fake_outputs(name: str, input: str, reply:
     assert all("{" not in r.prompt for r in requests)
     if name == "map-reduce-summary":
         assert [r.key for r in requests][-1] == "summary:merge" and len(requests) == 6
-        assert all(f"[{i}] One-sentence summary of part {i}:" in requests[-1].prompt for i in range(1, 6))
+        assert all(f"[{i}] Summary:" in requests[-1].prompt for i in range(1, 6))
     if name == "draft-critique-revise":
         assert [r.key for r in requests] == ["draft", "polish@1.critique", "polish@1.revise", "polish@2.critique"]
-        assert requests[1].stop == ("\n",) and requests[0].stop == ("\n\n",)
+        assert requests[1].stop == ("\n",) and requests[0].stop == ("\n",) and requests[0].max_tokens == 96
+        assert requests[1].max_tokens == 48  # the critique stage's own setting
