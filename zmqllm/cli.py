@@ -368,7 +368,7 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["messaging", "overhead", "failover", "dash"]))
+@click.argument("what", type=click.Choice(["messaging", "overhead", "failover", "dash", "workflow"]))
 @click.option("--tokens", type=click.IntRange(min=2), default=None,
               help="tokens per run [default: 20000 messaging, 128 overhead]")
 @click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True)
@@ -386,6 +386,8 @@ def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json
                decode tok/s ratio and time to first token added.
     failover:  SIGKILL the executing node mid-stream; time until the next
                token reaches the client, at heartbeat 0.5 s and 0.1 s.
+    workflow:  the map-reduce example workflow on 3 nodes / on 1 node, wall
+               time, echo engine at a fixed rate and the bundled model.
     dash:      events/s the dashboard ingests while keeping its repaint rate,
                key-to-screen latency p50/p95, and a daemon's tok/s with vs
                without a dashboard attached.
@@ -398,6 +400,10 @@ def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json
         report = benchmarks.run_messaging(tokens=tokens or 20_000, runs=runs)
     elif what == "failover":
         report = benchmarks.run_failover(runs=max(runs, 10))
+    elif what == "workflow":
+        from zmqllm import workflow_bench
+
+        report = workflow_bench.run_workflow(runs=runs if runs != 5 else 3, threads=threads or 1)
     elif what == "dash":
         from zmqllm import dashbench
 
