@@ -128,6 +128,20 @@ def _start_daemon(name: str, home: str, *extra: str) -> tuple[subprocess.Popen[s
     raise RuntimeError(f"daemon {name} did not start")
 
 
+def stop_daemons(procs: list[subprocess.Popen[str]], timeout_s: float = 30.0) -> None:
+    """SIGTERM every daemon, then reap each (SIGKILL past `timeout_s`) and close its log pipe."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
 async def _mesh_run(origin: str, tokens: int) -> float:
     async with AsyncClient(origin, timeout=30) as client:
         count = 0
@@ -153,11 +167,7 @@ def run_messaging(tokens: int, runs: int) -> dict[str, Any]:
             asyncio.run(_wait_for_peer(a_endpoint, "b"))
             mesh = [asyncio.run(_mesh_run(a_endpoint, tokens)) for _ in range(runs)]
         finally:
-            for proc in (b, a):
-                proc.terminate()
-                proc.wait(10)
-                if proc.stderr:
-                    proc.stderr.close()
+            stop_daemons([b, a])
     raw_median, mesh_median = statistics.median(raw), statistics.median(mesh)
     ratio = mesh_median / raw_median
     return {
@@ -240,11 +250,7 @@ def run_overhead(tokens: int, runs: int, threads: int, model: str = "bundled:gem
                 mesh.append(asyncio.run(_mesh_llama_run(a_endpoint, name, prompt, tokens)))
         finally:
             llm.close()
-            for proc in (b, a):
-                proc.terminate()
-                proc.wait(10)
-                if proc.stderr:
-                    proc.stderr.close()
+            stop_daemons([b, a])
     raw_rate, mesh_rate = statistics.median(r[1] for r in raw), statistics.median(m[1] for m in mesh)
     raw_ttft, mesh_ttft = statistics.median(r[0] for r in raw), statistics.median(m[0] for m in mesh)
     ratio = mesh_rate / raw_rate
@@ -298,12 +304,7 @@ def _failover_series(runs: int, heartbeat: float) -> list[float]:
                 asyncio.run(_wait_for_peer(a_endpoint, "b"))
                 delays.append(asyncio.run(_killed_stream(a_endpoint, b, kill_at=10)))
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(10)
-                if proc.stderr:
-                    proc.stderr.close()
+            stop_daemons(procs)
     return delays
 
 

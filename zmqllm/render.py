@@ -42,7 +42,7 @@ def status_lines(info: dict[str, Any]) -> str:
             f"uptime:    {info['uptime_s']:.1f}s",
             f"tasks:     {tasks['running']} running, {tasks['queued']} queued, {tasks['done']} done, "
             f"{tasks['routing']} in flight as origin",
-            f"peers:     " + ", ".join(f"{n} {state}" for state, n in peers.items() if n) if any(peers.values())
+            "peers:     " + ", ".join(f"{n} {state}" for state, n in peers.items() if n) if any(peers.values())
             else "peers:     none",
             f"version:   {info['version']} (protocol {info['protocol_version']})",
         ]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zmqllm.bench import _start_daemon, _wait_for_peer
+from zmqllm.bench import _start_daemon, _wait_for_peer, stop_daemons
 from zmqllm.client import AsyncClient
 
 SPEC = Path(__file__).resolve().parent.parent / "configs" / "workflows" / "map-reduce-summary.toml"
@@ -57,12 +57,7 @@ def _mesh_times(nodes: int, engine_args: tuple[str, ...], spec: str, text: str, 
                 asyncio.run(_wait_for_peer(endpoint, f"n{i}"))
             results = [asyncio.run(_timed_run(endpoint, spec, text)) for _ in range(runs)]
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(30)
-                if proc.stderr:
-                    proc.stderr.close()
+            stop_daemons(procs)
     return [elapsed for elapsed, _ in results], results[0][1]
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from textual import events
+from textual._time import get_time as textual_clock  # the clock Textual stamps `Message.time` with
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 0.1
 """Widgets are updated this often (10 Hz), whatever the event rate."""
+KEY_LATENCY_SAMPLES = 1_000
+"""Key-to-screen latencies kept (the newest ones), in `MeshDashboard.key_latencies_ms`."""
 
 PANE_ACTIONS = {"help", "inject", "cancel_task", "filter", "toggle_pause", "zoom", "focus_pane"}
 """Actions of the main screen, off while a modal screen is up."""
@@ -100,6 +106,10 @@ class MeshDashboard(App[int]):
         self._stopped = False
         self._follow_task: str | None = None
         self._banner_text = ""
+        self.key_latencies_ms: deque[float] = deque(maxlen=KEY_LATENCY_SAMPLES)
+        """Milliseconds from a key being read to the screen refreshed after its binding ran (see on_key)."""
+        self.repaints = 0
+        """refresh_view calls so far: whether the 10 Hz repaint keeps its rate under a flood."""
         self.graph = MessageGraph(id="graph")
         self.peers = PeersTable(id="peers")
         self.tasks = TasksTable(id="tasks")
@@ -151,6 +161,7 @@ class MeshDashboard(App[int]):
         """Copy the state into the widgets (only what changed), in one batch."""
         if self._stopped:
             return
+        self.repaints += 1
         state = self.state
         now = state.clock()
         try:
@@ -173,6 +184,33 @@ class MeshDashboard(App[int]):
         except Exception as exc:  # a drawing bug must not put a traceback on screen
             log.exception("repaint failed")
             self._show_banner(f"dashboard error: {exc!r}", None)
+
+    # -- key-to-screen latency probe -------------------------------------------------------
+
+    def on_key(self, event: events.Key) -> None:
+        """Sample how long a key takes to show; always on, as it costs a clock read, a queued callback and
+        a deque append a key.
+
+        Start: `event.time`, stamped when the driver read the key, so the time it waited in the app's
+        queue behind a flood counts. End: the screen has been refreshed after the key was handled. This
+        handler runs when the key has bubbled up to the app, in the same dispatch as the app's binding
+        lookup (focused widget's bindings, then the screen's and the app's); `call_after_refresh` queues
+        behind that dispatch, and the screen runs it only after its next update has been written out.
+        `Pilot.press` cannot measure this: it waits for the whole process to go idle. Keys a widget
+        consumes itself (typing into a form) and priority bindings never get here and are not sampled.
+        """
+        self.call_after_refresh(self._key_shown, event.time)
+
+    def _key_shown(self, read_at: float) -> None:
+        self.key_latencies_ms.append((textual_clock() - read_at) * 1000)
+
+    def key_latency_ms(self, quantile: float) -> float | None:
+        """The `quantile` (0 to 1, nearest rank) of the kept key-to-screen latencies in ms; None before
+        any key."""
+        if not self.key_latencies_ms:
+            return None
+        ordered = sorted(self.key_latencies_ms)
+        return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
 
     def _show_banner(self, error: str | None, notice: str | None) -> None:
         text = error or notice or ""

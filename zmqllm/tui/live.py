@@ -40,6 +40,17 @@ LIVE_STATES = ("alive", "suspect")
 _LINK_ERRORS = (MeshUnreachable, RequestFailed, OSError, zmq.ZMQError)
 
 
+async def fold_batch(state: MeshState, batch: dict[str, Any]) -> None:
+    """Fold a batch in slices, yielding after each: a full batch (5 000 events) would otherwise hold the
+    loop for ~5 ms, and a queued batch comes out of subscribe() without yielding at all. (Public so
+    `zmqllm bench dash` times the same path.)"""
+    events = batch.get("events") or []
+    for start in range(0, max(1, len(events)), FOLD_SLICE):
+        state.apply_batch({"node": batch.get("node"), "events": events[start:start + FOLD_SLICE],
+                           "dropped": batch.get("dropped", 0) if start == 0 else 0})
+        await asyncio.sleep(0)
+
+
 class LiveSource:
     """Feeds a MeshState from a running mesh reached through `connect`."""
 
@@ -154,15 +165,6 @@ class LiveSource:
                 task = asyncio.create_task(self._subscribe_loop(name, endpoint), name=f"dash-sub-{name}")
                 self._subscriptions[name] = (endpoint, task)
 
-    async def _fold(self, batch: dict[str, Any]) -> None:
-        """Fold a batch in slices, yielding after each: a full batch (5 000 events) would otherwise hold the
-        loop for ~5 ms, and a queued batch comes out of subscribe() without yielding at all."""
-        events = batch.get("events") or []
-        for start in range(0, max(1, len(events)), FOLD_SLICE):
-            self.state.apply_batch({"node": batch.get("node"), "events": events[start:start + FOLD_SLICE],
-                                    "dropped": batch.get("dropped", 0) if start == 0 else 0})
-            await asyncio.sleep(0)
-
     def _retire_subscription(self, name: str) -> None:
         retiring = asyncio.create_task(self._retire(*self._subscriptions.pop(name)))
         self._retiring.add(retiring)
@@ -184,7 +186,7 @@ class LiveSource:
                 async for batch in client.subscribe():
                     if self.recorder is not None:
                         self.recorder.batch(batch)
-                    await self._fold(batch)
+                    await fold_batch(self.state, batch)
             except _LINK_ERRORS as exc:
                 log.info("subscription to %s (%s) ended: %s", name, endpoint, exc)
             except Exception:
