@@ -26,7 +26,20 @@ def test_hub_buffers_per_subscriber_counts_drops_and_expires_leases():
     assert [identity for identity, _, _ in hub.drain(now=12)] == [b"x"]
     assert hub.active
     hub.unsubscribe(b"x")
-    assert not hub.active
+    assert not hub.active and not hub.wanted()
+
+
+def test_a_full_hub_counts_events_nobody_can_keep_without_them_being_built():
+    hub = EventHub(limit=2, lease_s=10)
+    hub.subscribe(b"x", now=0)
+    hub.subscribe(b"y", now=0)
+    for i in range(2):
+        assert hub.wanted()
+        hub.publish({"i": i})
+    assert [hub.wanted() for _ in range(3)] == [False] * 3  # both full: counted, not built
+    assert {identity: (len(events), dropped) for identity, events, dropped in hub.drain(now=1)} == {
+        b"x": (2, 3), b"y": (2, 3)}
+    assert hub.wanted()  # drained: room again
 
 
 def test_a_subscriber_sees_tasks_tokens_messages_and_peer_changes(spawn):

@@ -56,6 +56,17 @@ class EventHub:
     def unsubscribe(self, identity: bytes) -> None:
         self._subscribers.pop(identity, None)
 
+    def wanted(self) -> bool:
+        """Whether an event offered now would be kept by some subscriber. When every buffer is full, the
+        event is counted as dropped for each and the caller skips building it: under a flood a node pays
+        a counter per event, not a dict and a clock read."""
+        subscribers = self._subscribers.values()
+        if any(len(subscriber.events) < self.limit for subscriber in subscribers):
+            return True
+        for subscriber in subscribers:
+            subscriber.dropped += 1
+        return False
+
     def publish(self, event: Event) -> None:
         """Offer one event to every subscriber: constant work per subscriber."""
         for subscriber in self._subscribers.values():

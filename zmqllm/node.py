@@ -188,7 +188,7 @@ class Node:
 
     def message(self, type_: str, *, re: int | None = None, **fields: Any) -> Message:
         """A message from this node, validated (a malformed one is our bug: fail loudly here)."""
-        if type_ == "TOKEN":  # the hot path: built from already-validated parts
+        if type_ in ("TOKEN", "EVENTS"):  # hot paths, built by this node from already-validated parts
             return Message(type_, fields, next(self._ids), self.node_id, re)
         return protocol.make(type_, src=self.node_id, id=next(self._ids), re=re, **fields)
 
@@ -201,7 +201,7 @@ class Node:
         assert self.mailer is not None
         payload = protocol.encode(self.message(type_, re=re, **fields))
         self.mailer.post(identity, payload, final)
-        if self.events.active and type_ != "EVENTS":
+        if type_ != "EVENTS" and self.events.wanted():
             self._trace(type_, self.settings.name, self._name_of(identity), fields.get("task_id"), len(payload))
 
     def _undeliverable(self, identity: bytes, sent: Sent) -> None:
@@ -225,7 +225,7 @@ class Node:
         return self._send_on_link(link, type_, protocol.encode(self.message(type_, **fields)), fields.get("task_id"))
 
     def _send_on_link(self, link: Link, type_: str, payload: bytes, task_id: str | None = None) -> Sent:
-        if self.events.active:
+        if self.events.wanted():
             peer = self.table.get(link.node_id) if self.table and link.node_id else None
             self._trace(type_, self.settings.name, peer.name if peer else link.endpoint, task_id, len(payload))
         return link.channel.send([payload])

@@ -286,7 +286,7 @@ class Origin:
             return
         if not was_streaming:
             self._publish_task(task)
-        if self.node.events.active:
+        if self.node.events.wanted():
             self.node.publish({"k": "token", "task_id": task.task_id, "seq": out_seq, "text": text})
         self._to_clients(task, "TOKEN", task_id=task.task_id, seq=out_seq, text=text, ids=ids)
 
