@@ -118,8 +118,9 @@ class AsyncClient:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[message.id] = future
         try:
-            reply = await asyncio.wait_for(future, self.timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                reply = await future
+        except TimeoutError:
             raise MeshUnreachable(self.endpoint, self.timeout) from None
         finally:
             self._pending.pop(message.id, None)
@@ -171,8 +172,9 @@ class AsyncClient:
             while True:
                 while not stream.messages:
                     stream.arrived.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stream.arrived.wait(), max(0.0, renew_at - time.monotonic()))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, renew_at - time.monotonic())):
+                            await stream.arrived.wait()
                     if time.monotonic() >= renew_at:
                         await self.request("SUBSCRIBE")
                         renew_at = time.monotonic() + LEASE_S / 3
@@ -230,8 +232,9 @@ class AsyncClient:
         while not stream.messages:
             stream.arrived.clear()
             try:
-                await asyncio.wait_for(stream.arrived.wait(), self.timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.timeout):
+                    await stream.arrived.wait()
+            except TimeoutError:
                 await self.request("GET_STATUS")  # raises MeshUnreachable if the node is gone
         return stream.messages.popleft()
 
