@@ -392,3 +392,33 @@ async def test_live_echo_mesh_peers_inject_and_a_killed_node(spawn: Callable[...
                      "c dead in table and graph")
         assert cell("b", "state") == "alive" and not app.query_one("#banner").has_class("-error")
     assert b.proc.poll() is None
+
+
+async def test_inject_runs_a_workflow_whose_fan_out_shows_as_tasks(spawn: Callable[..., Any], tmp_path: Path) -> None:
+    a = spawn("a", heartbeat=0.2)
+    spawn("b", "--peer", a.endpoint, heartbeat=0.2)
+    spec = tmp_path / "fan.toml"
+    spec.write_text('[[steps]]\nname = "ask"\nprompt = "say {input}"\nmax_tokens = 6\nfan_out = 2\n'
+                    'distinct_peers = true\nmerge = "concat"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[steps]]\nname = "ask"\nprompt = "{nope}"\n')
+    state = MeshState(time.time)
+    app = MeshDashboard(state, LiveSource(a.endpoint, state))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await _until(pilot, lambda: len(state.peers) == 2, 15, "two peers")
+        await pilot.press("i", *"hello")
+        app.screen.query_one("#workflow", Input).value = str(bad)
+        await pilot.press("enter")
+        error = str(app.screen.query_one("#inject-error", Static).render())
+        assert isinstance(app.screen, InjectScreen) and "step 'ask'" in error and "{nope}" in error, error
+        app.screen.query_one("#workflow", Input).value = str(spec)
+        await pilot.press("enter")
+        await _until(pilot, lambda: any("done: say hello" in n.message for n in app._notifications), 15,
+                     "the run's end notified")
+
+        def branches() -> list[Any]:
+            return [t for t in state.tasks.values() if ".ask#" in t.task_id]
+
+        await _until(pilot, lambda: len(branches()) == 2 and all(t.state == "done" for t in branches()), 5,
+                     "both branches done in the tasks table (from the orchestrator's trace)")
+        assert {t.executor for t in branches()} == {"a", "b"}

@@ -64,6 +64,8 @@ class Feed(Protocol):
 
     def submit(self, request: InjectRequest) -> AsyncIterator[dict[str, Any]]: ...
 
+    def run_workflow(self, request: InjectRequest) -> AsyncIterator[dict[str, Any]]: ...
+
     async def cancel(self, task_id: str, origin: str) -> None: ...
 
 
@@ -281,6 +283,9 @@ class MeshDashboard(App[int]):
             self._start_job(self._run_inject(request))
 
     async def _run_inject(self, request: InjectRequest) -> None:
+        if request.workflow is not None:
+            await self._run_workflow(request)
+            return
         try:
             async for event in self._submit(request):
                 self.state.apply_stream_event(event)
@@ -290,6 +295,24 @@ class MeshDashboard(App[int]):
                     self.notify(f"task failed: {event.get('code')}: {event.get('message')}", severity="error")
         except (InjectUnavailable, MeshUnreachable, RequestFailed) as exc:
             self.notify(f"inject: {exc}", severity="warning")
+
+    async def _run_workflow(self, request: InjectRequest) -> None:
+        """A workflow run: its step tasks show in the graph and the tasks table like any other (the
+        orchestrating node traces them); the first one is followed in the output pane."""
+        try:
+            async for event in self.feed.run_workflow(request):
+                kind = event.get("type")
+                if kind == "run":
+                    self.notify(f"run {event.get('run_id')} ({event.get('workflow')}) on {event.get('orchestrator')}")
+                elif kind == "task" and event.get("state") == "started" and self._follow_task is None:
+                    self._follow_task = str(event.get("task_id"))
+                elif kind == "done":
+                    output = " ".join(str(event.get("output") or "").split())
+                    self.notify(f"run {event.get('run_id')} {event.get('state')}: {output[:200]}", timeout=10)
+                elif kind == "error":
+                    self.notify(f"run {event.get('run_id')} failed: {event.get('message')}", severity="error")
+        except (InjectUnavailable, MeshUnreachable, RequestFailed, OSError) as exc:
+            self.notify(f"workflow: {exc}", severity="warning")
 
     def action_cancel_task(self) -> None:
         task_id = self.tasks.selected_task

@@ -17,6 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from zmqllm.client import DEFAULT_MAX_TOKENS
+from zmqllm.workflow import WorkflowError, load_workflow
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class InjectRequest:
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float | None = None
     seed: int | None = None
+    workflow: str | None = None
+    """A workflow spec file: run it with `prompt` as its input instead of submitting one task."""
 
     def params(self) -> dict[str, Any]:
         """Sampling params for SUBMIT: only those the user set."""
@@ -41,7 +44,8 @@ class InjectRequest:
 
 
 class InjectScreen(ModalScreen[InjectRequest | None]):
-    """Prompt, model, pinned peer, max tokens, temperature, seed; Enter or ctrl+s submits, Esc closes."""
+    """Prompt, model, pinned peer, max tokens, temperature, seed, or a workflow file to run on the prompt;
+    Enter or ctrl+s submits, Esc closes."""
 
     BINDINGS = [
         Binding("escape", "close", "Close"),
@@ -69,6 +73,9 @@ class InjectScreen(ModalScreen[InjectRequest | None]):
                 yield Input(placeholder="model default", type="number", id="temperature", compact=True)
                 yield Label("seed")
                 yield Input(placeholder="random", type="integer", id="seed", compact=True)
+                yield Label("workflow")
+                yield Input(placeholder="optional: a workflow .toml; the prompt is its input", id="workflow",
+                            compact=True)
             yield Static("", id="inject-error")
             with Horizontal(classes="modal-buttons"):
                 yield Button("Submit (^s)", variant="primary", id="submit", compact=True)
@@ -116,6 +123,12 @@ class InjectScreen(ModalScreen[InjectRequest | None]):
             raise ValueError(f"a number is not valid: {exc}") from None
         if max_tokens < 1:
             raise ValueError("max tokens: must be at least 1")
+        workflow = self._value("workflow") or None
+        if workflow is not None:
+            try:
+                load_workflow(workflow)
+            except WorkflowError as exc:
+                raise ValueError(str(exc)) from None
         return InjectRequest(prompt, self._value("model") or None, self._value("peer") or None, max_tokens,
-                             temperature, seed)
+                             temperature, seed, workflow)
 

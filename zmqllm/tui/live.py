@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -97,6 +98,14 @@ class LiveSource:
         client = await self._client(self._target)
         async for event in client.submit(request.prompt, model=request.model, peer=request.peer,
                                          max_tokens=request.max_tokens, params=request.params()):
+            yield event
+
+    async def run_workflow(self, request: InjectRequest) -> AsyncIterator[dict[str, Any]]:
+        """Run the request's workflow file, its prompt as the input, with the connected node orchestrating."""
+        assert request.workflow is not None
+        spec = Path(request.workflow).read_text(encoding="utf-8")
+        client = await self._client(self._target)
+        async for event in client.run(spec, request.prompt, source=Path(request.workflow).name):
             yield event
 
     async def cancel(self, task_id: str, origin: str) -> None:

@@ -159,6 +159,9 @@ class ReplaySource:
     def submit(self, request: Any) -> AsyncIterator[dict[str, Any]]:
         raise InjectUnavailable("a replay has no mesh to run tasks on")
 
+    def run_workflow(self, request: Any) -> AsyncIterator[dict[str, Any]]:
+        raise InjectUnavailable("a replay has no mesh to run workflows on")
+
     async def cancel(self, task_id: str, origin: str) -> None:
         raise InjectUnavailable("a replay has no mesh to cancel tasks on")
 
