@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -273,24 +274,30 @@ def run_overhead(tokens: int, runs: int, threads: int, model: str = "bundled:gem
 
 # -- failover: SIGKILL the executor mid-stream, time until the next token -------------------
 
-async def _killed_stream(origin: str, victim: subprocess.Popen[str], kill_at: int) -> float:
-    """Seconds from SIGKILL of the executor to the next token at the client."""
+async def _killed_stream(origin: str, victim: subprocess.Popen[str], kill_at: int, freeze: bool) -> float:
+    """Seconds from SIGKILL (or, `freeze`, SIGSTOP) of the executor to the next token at the client."""
     async with AsyncClient(origin, timeout=30) as client:
         killed = 0.0
         async for event in client.submit("failover bench words", peer="b", max_tokens=kill_at + 200):
             if event["type"] == "token":
                 if killed:
+                    if freeze:
+                        victim.kill()  # a stopped process still dies
+                        victim.wait()
                     return time.perf_counter() - killed
                 if event["seq"] == kill_at:
-                    victim.kill()
-                    victim.wait()
+                    if freeze:
+                        victim.send_signal(signal.SIGSTOP)
+                    else:
+                        victim.kill()
+                        victim.wait()
                     killed = time.perf_counter()
             elif event["type"] in ("done", "error"):
                 break
     raise RuntimeError("the stream ended without resuming")
 
 
-def _failover_series(runs: int, heartbeat: float) -> list[float]:
+def _failover_series(runs: int, heartbeat: float, freeze: bool) -> list[float]:
     args = ("--echo-rate", "100", "--heartbeat-interval", str(heartbeat))
     with tempfile.TemporaryDirectory() as home:
         a, a_endpoint = _start_daemon("a", home, *args)
@@ -302,25 +309,27 @@ def _failover_series(runs: int, heartbeat: float) -> list[float]:
                 b, b_endpoint = _start_daemon("b", home, "--peer", a_endpoint, *args)
                 procs.append(b)
                 asyncio.run(_wait_for_peer(a_endpoint, "b"))
-                delays.append(asyncio.run(_killed_stream(a_endpoint, b, kill_at=10)))
+                delays.append(asyncio.run(_killed_stream(a_endpoint, b, kill_at=10, freeze=freeze)))
         finally:
             stop_daemons(procs)
     return delays
 
 
 def run_failover(runs: int, heartbeats: tuple[float, ...] = (0.5, 0.1), dead_after: float = 4.0) -> dict[str, Any]:
-    """Time from SIGKILL of the executing node to the next token, at each heartbeat
-    interval, against the configured detection bound (interval x dead_after)."""
-    series = {hb: _failover_series(runs, hb) for hb in heartbeats}
-    lines = [f"failover, {runs} runs each: SIGKILL of the executor -> next token at the client"]
+    """Time from the executing node's end to the next token, at each heartbeat interval, against the
+    configured detection bound (interval x dead_after): SIGKILL (its connection closes: moved at once) and
+    SIGSTOP (a frozen process keeps its connection: only heartbeats can tell)."""
+    lines = [f"failover, {runs} runs each: executor SIGKILLed or SIGSTOPped -> next token at the client"]
     report: dict[str, Any] = {"bench": "failover", "runs": runs, "series": []}
-    for hb, delays in series.items():
-        bound = hb * dead_after
-        median, worst = statistics.median(delays), max(delays)
-        report["series"].append({"heartbeat_interval": hb, "detection_bound_s": bound,
-                                 "median_s": round(median, 3), "max_s": round(worst, 3),
-                                 "delays_s": [round(d, 3) for d in delays]})
-        lines.append(f"  heartbeat {hb:g} s (dead after {bound:g} s): median {median:.3f} s, max {worst:.3f} s "
-                     f"(median - bound: {median - bound:+.3f} s)")
+    for how in ("SIGKILL", "SIGSTOP"):
+        for hb in heartbeats:
+            delays = _failover_series(runs, hb, freeze=how == "SIGSTOP")
+            bound = hb * dead_after
+            median, worst = statistics.median(delays), max(delays)
+            report["series"].append({"signal": how, "heartbeat_interval": hb, "detection_bound_s": bound,
+                                     "median_s": round(median, 3), "max_s": round(worst, 3),
+                                     "delays_s": [round(d, 3) for d in delays]})
+            lines.append(f"  {how} at heartbeat {hb:g} s (dead after {bound:g} s): median {median:.3f} s, "
+                         f"max {worst:.3f} s (median - bound: {median - bound:+.3f} s)")
     report["summary"] = "\n".join(lines)
     return report

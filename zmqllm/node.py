@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from zmqllm import __version__, protocol
 from zmqllm.engines.base import Engine
@@ -65,6 +66,8 @@ class Link:
     endpoint: str
     channel: Channel
     node_id: str | None = None
+    monitor: Channel | None = None
+    """Connection events of the DEALER: a closed connection is a lost executor at once."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,9 @@ class Node:
         if self.mailer is not None:
             self.mailer.flush()
         for link in self.links.values():
+            if link.monitor is not None:
+                link.channel.socket.disable_monitor()
+                link.monitor.close()
             link.channel.close(SHUTDOWN_LINGER_MS)
         if self.router is not None:
             self.router.close(SHUTDOWN_LINGER_MS)
@@ -249,9 +255,22 @@ class Node:
             return
         sock = connect_dealer(self.ctx, endpoint, self.node_id)
         link = Link(endpoint, Channel(sock, lambda frames: self._on_dealer_frames(link, frames), DRAIN_BATCH))
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        link.monitor = Channel(monitor, lambda frames: self._on_link_event(link, frames))
         self.links[endpoint] = link
         log.debug("dialing %s", endpoint)
         self._say_hello(link)
+
+    def _on_link_event(self, link: Link, frames: list[bytes]) -> None:
+        """The TCP connection to a peer closed (its process died or it closed the socket): its tasks move at
+        once instead of after `dead_after` silent intervals. Membership still waits for heartbeats (a
+        connection can drop and come back), so this moves work, it does not declare the peer dead."""
+        if self._closing or parse_monitor_message(frames)["event"] != zmq.EVENT_DISCONNECTED:
+            return
+        peer = self.table.get(link.node_id) if self.table is not None and link.node_id else None
+        if peer is not None and peer.state in ("alive", "suspect"):
+            log.info("connection to %s (%s) closed", peer.name, link.endpoint)
+            self.origin.executor_lost(peer.node_id, peer.name, "unreachable (connection closed)")
 
     def _say_hello(self, link: Link) -> None:
         hello = self.message("HELLO", **self.identity().as_fields())
