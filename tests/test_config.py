@@ -242,7 +242,13 @@ def test_keys_table_matches_dataclass():
     assert list(KEYS) == [f.name for f in dataclasses.fields(NodeConfig)]
     assert KEYS["queue_limit"].env_var == "ZMQLLM_QUEUE_LIMIT"
     assert KEYS["queue_limit"].flag == "--queue-limit"
-    assert KEYS["slots"].default == 4 and KEYS["name"].default is None
+    assert KEYS["queue_limit"].default == 64 and KEYS["name"].default is None
+
+
+def test_slots_default_per_engine():
+    assert load_config(env={}).slots == 4
+    assert load_config(env={}, overrides={"engine": "llama", "model": "m.gguf"}).slots == 1
+    assert load_config(env={}, overrides={"engine": "llama", "model": "m.gguf", "slots": 4}).slots == 4
     assert all(k.help and "\n" not in k.help for k in KEYS.values())
 
 

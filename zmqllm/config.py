@@ -37,6 +37,8 @@ NAME_MAX_CHARS = 64
 FALLBACK_NAME = "node"
 PORT_MAX = 65535
 MIN_CTX_TOKENS = 16
+DEFAULT_SLOTS = {"echo": 4, "llama": 1}
+"""llama: 1 keeps greedy output equal to llama-cpp-python's own and failover exact (docs/design.md)."""
 MAX_SEND_BUFFER_MB = 4096
 MAX_SHOWN_CHARS = 60  # longer bad values are cut so the error stays one readable line
 
@@ -65,7 +67,8 @@ class NodeConfig:
     model: str | None = None
     model_name: str | None = None
     echo_rate: float = 50.0
-    slots: int = 4
+    slots: int | None = None
+    """None until `load_config` resolves it per engine (`DEFAULT_SLOTS`)."""
     queue_limit: int = 64
     send_buffer_mb: float = 16.0
     heartbeat_interval: float = 0.5
@@ -133,7 +136,8 @@ KEYS: dict[str, Key] = dict([
     _key("model", str, f"llama model: a GGUF path or '{BUNDLED_MODEL}'", optional=True),
     _key("model_name", str, "model name to advertise instead of the file stem", optional=True),
     _key("echo_rate", float, "echo engine tokens per second; 0 = as fast as possible"),
-    _key("slots", int, "requests run at once"),
+    _key("slots", int, "requests run at once (default: echo 4, llama 1; llama > 1 batches them in one "
+                       "context: continuous batching)", optional=True),
     _key("queue_limit", int, "requests waiting beyond the slots before rejecting as busy"),
     _key("send_buffer_mb", float, "MiB held for one receiver that stopped reading before its tasks are cut off"),
     _key("heartbeat_interval", float, "seconds between heartbeats"),
@@ -305,6 +309,8 @@ def load_config(path: str | os.PathLike | None = None,
         values["name"] = default_name()
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].lower()
+    if values.get("slots") is None:
+        values["slots"] = DEFAULT_SLOTS.get(values.get("engine", "echo"), 1)
     config = NodeConfig(**values)
     _validate(config, lambda name: sources.get(name, "default"))
     return config
@@ -341,7 +347,7 @@ def _validate(c: NodeConfig, source) -> None:
     need(c.engine in ENGINES, "engine", "one of " + ", ".join(ENGINES))
     need(c.log_level in LOG_LEVELS, "log_level", "one of " + ", ".join(LOG_LEVELS))
     need(c.echo_rate >= 0, "echo_rate", ">= 0")
-    need(c.slots >= 1, "slots", ">= 1")
+    need(c.slots is not None and c.slots >= 1, "slots", ">= 1")
     need(c.queue_limit >= 0, "queue_limit", ">= 0")
     need(0 < c.send_buffer_mb <= MAX_SEND_BUFFER_MB, "send_buffer_mb", f"> 0 and <= {MAX_SEND_BUFFER_MB}")
     need(c.heartbeat_interval > 0, "heartbeat_interval", "> 0")

@@ -38,7 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from zmqllm.chat import PLAIN, PLAIN_STOPS, render_plain
 from zmqllm.engines.base import (
     Emit,
     Engine,
@@ -48,8 +47,9 @@ from zmqllm.engines.base import (
     GenerationResult,
     TokenChunk,
 )
-from zmqllm.engines.bundled import advertised_name, is_bundled, resolve_model_path
+from zmqllm.engines.bundled import advertised_name, resolve_model_path
 from zmqllm.engines.llama_log import collect_load_errors, install_quiet_logging
+from zmqllm.engines.llama_text import chat_renderer, tokenize_prompt
 from zmqllm.engines.sampling import Sampling, TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class LlamaEngine(Engine):
         self._llm = llm
         self._llama_cpp = llama_cpp
         self.model_path = path
-        self._render_chat = self._chat_renderer(llm, llama_cpp)
+        self._render_chat = chat_renderer(self.spec, self.chat_format, llm)
         self.chat = self._render_chat is not None
         self.load_s = time.perf_counter() - t0
         log.info("loaded %s (%s) in %.2f s", self.models[0], path, self.load_s)
@@ -251,48 +251,6 @@ class LlamaEngine(Engine):
             raise emit_errors[0]
         return result
 
-    def _chat_renderer(
-        self, llm: Any, llama_cpp: Any
-    ) -> Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]] | None:
-        """How chat messages become a prompt: `chat_format` "plain" (the default
-        for the bundled base model), a Jinja template file, or the GGUF's own
-        template; None when there is none (chat requests are then refused)."""
-        fmt = self.chat_format or (PLAIN if is_bundled(self.spec) else None)
-        if fmt == PLAIN:
-            return lambda messages: (render_plain(messages), PLAIN_STOPS)
-        if fmt is not None:
-            template_path = Path(fmt).expanduser()
-            if not template_path.is_file():
-                raise EngineError("engine_failed", f"chat_format {fmt!r} is neither 'plain' nor a template file")
-            template = template_path.read_text()
-        else:
-            template = llm.metadata.get("tokenizer.chat_template")
-            if not template:
-                return None
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace")
-        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
-        formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-
-        def render(messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
-            prompt = formatter(messages=messages).prompt
-            return prompt.removeprefix(bos), (eos,) if eos else ()  # the tokenizer adds BOS itself
-
-        return render
-
-    def _prompt_tokens(self, prompt: str) -> list[int]:
-        """Tokenise exactly as create_completion does (no suffix)."""
-        llm = self._llm
-        model = llm._model
-        bos = llm.token_bos()
-        cls_id = model.token_cls()
-        bos_tokens = [cls_id if cls_id != -1 else bos]
-        if not model.add_bos_token() or bos_tokens[:1] == [-1]:
-            bos_tokens = []
-        body = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
-        return bos_tokens + body
-
     def _reset(self) -> None:
         """Forget all KV state so the next prompt is evaluated from scratch."""
         llm, lc = self._llm, self._llama_cpp
@@ -313,7 +271,7 @@ class LlamaEngine(Engine):
         if llm is None:
             raise EngineError("engine_failed", "model is closed")
         t_start = time.perf_counter()
-        prompt_tokens = self._prompt_tokens(request.prompt)
+        prompt_tokens = tokenize_prompt(llm, request.prompt)
         n_prompt = len(prompt_tokens)
         n_ctx = llm.n_ctx()
         if n_prompt == 0:

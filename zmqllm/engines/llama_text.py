@@ -1,0 +1,54 @@
+"""Text around llama.cpp shared by both llama engines: how chat messages become a prompt, and how a prompt
+becomes tokens exactly as `create_completion` tokenises it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zmqllm.chat import PLAIN, PLAIN_STOPS, render_plain
+from zmqllm.engines.base import EngineError
+from zmqllm.engines.bundled import is_bundled
+
+ChatRenderer = Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]]
+
+
+def chat_renderer(spec: str, chat_format: str | None, llm: Any) -> ChatRenderer | None:
+    """How chat messages become a prompt: `chat_format` "plain" (the default for the bundled base model), a
+    Jinja template file, or the GGUF's own template; None when there is none (chat requests are then refused)."""
+    fmt = chat_format or (PLAIN if is_bundled(spec) else None)
+    if fmt == PLAIN:
+        return lambda messages: (render_plain(messages), PLAIN_STOPS)
+    if fmt is not None:
+        template_path = Path(fmt).expanduser()
+        if not template_path.is_file():
+            raise EngineError("engine_failed", f"chat_format {fmt!r} is neither 'plain' nor a template file")
+        template = template_path.read_text()
+    else:
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace")
+    eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
+    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+    def render(messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+        prompt = formatter(messages=messages).prompt
+        return prompt.removeprefix(bos), (eos,) if eos else ()  # the tokenizer adds BOS itself
+
+    return render
+
+
+def tokenize_prompt(llm: Any, prompt: str) -> list[int]:
+    """Tokenise exactly as create_completion does (no suffix)."""
+    model = llm._model
+    bos = llm.token_bos()
+    cls_id = model.token_cls()
+    bos_tokens = [cls_id if cls_id != -1 else bos]
+    if not model.add_bos_token() or bos_tokens[:1] == [-1]:
+        bos_tokens = []
+    body = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
+    return bos_tokens + body
