@@ -367,14 +367,17 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["messaging", "overhead", "failover", "dash", "workflow"]))
+@click.argument("what", type=click.Choice(["messaging", "overhead", "failover", "dash", "workflow", "concurrency"]))
 @click.option("--tokens", type=click.IntRange(min=2), default=None,
               help="tokens per run [default: 20000 messaging, 128 overhead]")
 @click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="llama threads, raw and mesh alike [default: cores - 1, leaving one for the relay processes]")
+@click.option("--llama-server", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="concurrency: llama.cpp's llama-server binary, the baseline [default: zmqllm slots=1]")
 @click.option("--json", "as_json", is_flag=True)
-def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json: bool) -> None:
+def bench(what: str, tokens: int | None, runs: int, threads: int | None, llama_server: str | None,
+          as_json: bool) -> None:
     """Measure the mesh against a raw baseline in the same run; prints ratios.
 
     \b
@@ -385,6 +388,9 @@ def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json
                decode tok/s ratio and time to first token added.
     failover:  SIGKILL the executing node mid-stream; time until the next
                token reaches the client, at heartbeat 0.5 s and 0.1 s.
+    concurrency: 4 and 8 concurrent greedy streams through a llama daemon with
+               slots = 4 / 8 (continuous batching), against llama-server
+               -np 4 / 8 (--llama-server PATH) or else slots = 1.
     workflow:  the map-reduce example workflow on 3 nodes / on 1 node, wall
                time, echo engine at a fixed rate and the bundled model.
     dash:      events/s the dashboard ingests while keeping its repaint rate,
@@ -399,6 +405,11 @@ def bench(what: str, tokens: int | None, runs: int, threads: int | None, as_json
         report = benchmarks.run_messaging(tokens=tokens or 20_000, runs=runs)
     elif what == "failover":
         report = benchmarks.run_failover(runs=max(runs, 10))
+    elif what == "concurrency":
+        from zmqllm import concurrency_bench
+
+        report = concurrency_bench.run_concurrency(runs=runs if runs != 5 else 3, threads=threads or 2,
+                                                   llama_server=llama_server)
     elif what == "workflow":
         from zmqllm import workflow_bench
 
