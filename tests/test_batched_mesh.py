@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,24 +28,30 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def node(env: dict[str, str]) -> Iterator[Daemon]:
     daemon = launch(env, "a", "--model", "bundled:gemma3-270m", "--threads", "2", "--slots", "4",
-                    "--ctx", "512", engine="llama")
+                    "--ctx", "512", "--queue-limit", "4", engine="llama")
     try:
         yield daemon
     finally:
         daemon.stop()
 
 
-def test_eight_requests_on_four_slots_all_complete_at_most_four_at_once(node: Daemon, env: dict[str, str]) -> None:
+def test_eight_requests_on_four_slots_all_complete_four_at_once_and_a_ninth_is_busy(node: Daemon, env: dict[str, str]) -> None:
     models = json.loads(run_cli(env, "models", "--json", "--connect", node.endpoint).stdout)
     assert models[0]["slots"] == 4 and models[0]["ctx"] == 512  # context per slot
 
     async def run() -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
         async with AsyncClient(node.endpoint, timeout=30) as client, AsyncClient(node.endpoint) as watcher:
             async def one(prompt: str) -> list[dict[str, Any]]:
-                return [e async for e in client.submit(prompt, max_tokens=24, params={"temperature": 0.0})]
+                return [e async for e in client.submit(prompt, max_tokens=64, params={"temperature": 0.0})]
 
             jobs = [asyncio.create_task(one(prompt)) for prompt in PROMPTS]
-            samples = []
+            samples = [(await watcher.status())["tasks"]]
+            deadline = time.monotonic() + 5
+            while samples[-1]["running"] + samples[-1]["queued"] < 8 and time.monotonic() < deadline:
+                samples.append((await watcher.status())["tasks"])
+            assert samples[-1]["running"] == 4 and samples[-1]["queued"] == 4, samples[-1]
+            ninth = await one("One more")  # 4 running + 4 queued (queue_limit 4): the node is full
+            assert ninth[-1]["type"] == "error" and ninth[-1]["code"] == "busy", ninth[-1]
             while not all(job.done() for job in jobs):
                 samples.append((await watcher.status())["tasks"])
                 await asyncio.sleep(0.05)
