@@ -189,3 +189,12 @@ def test_a_client_going_away_leaves_the_run_going(mesh: list[Any], zmqllm_env: A
     assert attached.returncode == 0, attached.stderr
     final = json.loads(attached.stdout.splitlines()[-1])
     assert final["type"] == "done" and [t["key"] for t in final["tasks"]] == ["first", "second"]
+
+
+def test_distinct_peers_is_a_preference_when_branches_outnumber_nodes(spawn: Any) -> None:
+    a = spawn("a", "--echo-rate", "40")
+    spawn("b", "--peer", a.endpoint, "--echo-rate", "40")
+    wait_until(lambda: len(states(a)) == 2, 5, what="mesh")
+    final = _collect(a.endpoint, ENSEMBLE, "Which planet?", source="ensemble.toml")[-1]
+    assert final["type"] == "done" and final["state"] == "done", final
+    assert {t["executed_by"] for t in final["tasks"]} == {"a", "b"} and len(final["tasks"]) == 3  # 2 + 1

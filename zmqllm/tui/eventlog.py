@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from rich.cells import cell_len
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -47,6 +48,16 @@ def format_event(node: str, event: dict[str, Any]) -> str:
     return f"{stamp} {node:<8} {str(kind).upper():<10} {event}"
 
 
+class TraceLog(Log):
+    """Textual's `Log`, measuring new lines' width on the loop instead of in a thread worker: that worker
+    reaches for the app after it has gone when lines arrive as the dashboard quits, and its NoActiveAppError
+    fails the app on exit. A repaint writes at most a few hundred short lines, so this costs little."""
+
+    def _update_size(self, updates: int, lines: list[str]) -> None:
+        if lines:
+            self._update_maximum_width(updates, max(cell_len(self._process_line(line)) for line in lines))
+
+
 class EventLog(Vertical):
     """The trace log, its filter input, and the counters in the border."""
 
@@ -60,7 +71,7 @@ class EventLog(Vertical):
         self.filter_error: str | None = None
         self._written_seq = 0
         self._state: MeshState | None = None
-        self._log = Log(max_lines=LOG_MAX_LINES, highlight=False, id="trace-log")
+        self._log = TraceLog(max_lines=LOG_MAX_LINES, highlight=False, id="trace-log")
         self._input = Input(placeholder="/ regex filter · Enter keeps it · Esc clears it", id="trace-filter",
                             compact=True)
 
