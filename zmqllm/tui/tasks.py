@@ -20,6 +20,9 @@ from zmqllm.tui.state import FINISHED, TaskInfo
 COLUMNS = ("task", "state", "origin", "executor", "tokens", "elapsed")
 STATE_COLOURS = {"routing": "cyan", "assigned": "cyan", "streaming": "yellow", "done": "green", "failed": "red"}
 SHORT_ID = 8
+CLOCK_REFRESH_S = 0.5
+"""How often the elapsed time of running tasks that changed in nothing else is rewritten: each cell update
+costs the table a re-render, and under a flood dozens of tasks run at once."""
 
 
 def task_cells(task: TaskInfo, now: float) -> tuple[Any, ...]:
@@ -38,6 +41,7 @@ class TasksTable(DataTable[Any]):
         self._versions: dict[str, int] = {}
         self._cells: dict[str, tuple[Any, ...]] = {}
         self._rank: dict[str, tuple[bool, float]] = {}
+        self._clock_shown = float("-inf")
 
     def on_mount(self) -> None:
         for column in COLUMNS:
@@ -54,12 +58,15 @@ class TasksTable(DataTable[Any]):
         """Add new tasks, drop forgotten ones, rewrite changed cells (running tasks: their clock);
         keep running tasks on top, newest first, and the cursor on the task it was on."""
         reorder = False
+        tick_clock = now - self._clock_shown >= CLOCK_REFRESH_S  # running tasks' elapsed cells, not every repaint
+        if tick_clock:
+            self._clock_shown = now
         for gone in [task_id for task_id in self._cells if task_id not in tasks]:
             self.remove_row(gone)
             self._rank.pop(self._cells[gone][0], None)
             del self._cells[gone], self._versions[gone]
         for task_id, task in tasks.items():
-            if self._versions.get(task_id) == task.version and task.state in FINISHED:
+            if self._versions.get(task_id) == task.version and (task.state in FINISHED or not tick_clock):
                 continue
             self._versions[task_id] = task.version
             cells = task_cells(task, now)
