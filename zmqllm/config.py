@@ -156,8 +156,8 @@ KEYS: dict[str, Key] = dict([
 assert set(KEYS) == set(_FIELDS), "KEYS and NodeConfig must list the same keys"
 
 
-def _show(value: Any) -> str:
-    """Render a bad value briefly, on one line, with its TOML type word."""
+def show_value(value: Any) -> str:
+    """Render a bad value briefly, on one line, with its TOML type word (config and workflow errors alike)."""
     if isinstance(value, bool):
         return "boolean " + ("true" if value else "false")
     if isinstance(value, str):
@@ -190,7 +190,7 @@ def _typed(key: Key, value: Any, source: str) -> Any:
         if ok:
             value = float(value)
             if not math.isfinite(value):
-                raise _fail(source, key.name, "a finite number", _show(value))
+                raise _fail(source, key.name, "a finite number", show_value(value))
     elif key.type is tuple:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         if ok:
@@ -200,7 +200,7 @@ def _typed(key: Key, value: Any, source: str) -> Any:
         if ok and key.optional and not value:
             raise _fail(source, key.name, "a non-empty string", "''")
     if not ok:
-        raise _fail(source, key.name, want, _show(value))
+        raise _fail(source, key.name, want, show_value(value))
     return value
 
 
@@ -320,22 +320,22 @@ def _check_endpoint(key: str, endpoint: str, source: str, dial: bool) -> None:
     what = "an endpoint tcp://HOST:PORT or ipc://PATH"
     tcp = _TCP.match(endpoint)
     if tcp is None and not _IPC.match(endpoint):
-        raise _fail(source, key, what, _show(endpoint))
+        raise _fail(source, key, what, show_value(endpoint))
     if tcp is None:
         return
     port = tcp["port"]
     if port != "*" and int(port) > PORT_MAX:
-        raise _fail(source, key, f"an endpoint with PORT 0-{PORT_MAX} or *", _show(endpoint))
+        raise _fail(source, key, f"an endpoint with PORT 0-{PORT_MAX} or *", show_value(endpoint))
     if dial and ("*" in tcp["host"] or port in ("*", "0")):
         raise _fail(source, key, "a dialable endpoint (no wildcard host or port)",
-                    _show(endpoint))
+                    show_value(endpoint))
 
 
 def _validate(c: NodeConfig, source) -> None:
     """Range and consistency checks, each naming the key and where it was set."""
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
-            raise _fail(source(key), key, what, _show(getattr(c, key)))
+            raise _fail(source(key), key, what, show_value(getattr(c, key)))
 
     need(bool(NAME_PATTERN.match(c.name)), "name",
          "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")

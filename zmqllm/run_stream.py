@@ -12,46 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from typing import IO, Any
 
 from zmqllm.client import AsyncClient
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+from zmqllm.streaming import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ctrl_c_cancels
 
 
 async def follow_run(connect: str, timeout: float, as_json: bool, *, run_id: str, spec: str | None = None,
                      input: str = "", source: str = "workflow", resume: bool = False, attach: bool = False) -> int:
     """Start (or resume, or attach to) a run and print it until it ends; returns the exit code."""
-    interrupted = asyncio.Event()
-    loop = asyncio.get_running_loop()
     async with AsyncClient(connect, timeout) as client:
         stream = client.run(spec, input, source=source, run_id=run_id, resume=resume, attach=attach)
-        main_task = asyncio.current_task()
-
-        def on_sigint() -> None:
-            if interrupted.is_set() and main_task is not None:
-                main_task.cancel()
-                return
-            interrupted.set()
-            loop.create_task(client.cancel_run(run_id))
-
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
         printer = _Printer(sys.stdout, sys.stderr, as_json)
-        try:
-            async for event in stream:
-                printer.show(event)
-                if event.get("type") == "error":
-                    return EXIT_FAILED
-                if event.get("type") == "done":
-                    return EXIT_INTERRUPTED if event.get("finish_reason") == "cancelled" else EXIT_OK
-            return EXIT_FAILED
-        except asyncio.CancelledError:
-            return EXIT_INTERRUPTED
-        finally:
-            printer.clear_status()
-            loop.remove_signal_handler(signal.SIGINT)
+        with ctrl_c_cancels(lambda: client.cancel_run(run_id)):
+            try:
+                async for event in stream:
+                    printer.show(event)
+                    if event.get("type") == "error":
+                        return EXIT_FAILED
+                    if event.get("type") == "done":
+                        return EXIT_INTERRUPTED if event.get("finish_reason") == "cancelled" else EXIT_OK
+                return EXIT_FAILED
+            except asyncio.CancelledError:
+                return EXIT_INTERRUPTED
+            finally:
+                printer.clear_status()
 
 
 class _Printer:

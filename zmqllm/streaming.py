@@ -7,10 +7,12 @@ Ctrl-C once cancels the task on the mesh and still waits (bounded) for its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from zmqllm.client import AsyncClient
@@ -25,30 +27,39 @@ def _summary(done: dict[str, Any]) -> str:
             f"ttft {timings.get('ttft_ms', 0):.0f} ms]")
 
 
+@contextlib.contextmanager
+def ctrl_c_cancels(cancel: Callable[[], Awaitable[None]]) -> Iterator[asyncio.Event]:
+    """While inside: the first Ctrl-C runs `cancel` (on the mesh) and sets the yielded event, so the caller
+    keeps reading until the stream's end; a second one cancels the calling task (leave at once)."""
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+
+    def on_sigint() -> None:
+        if interrupted.is_set() and main_task is not None:
+            main_task.cancel()
+            return
+        interrupted.set()
+        loop.create_task(cancel())
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 async def stream_task(connect: str, timeout: float, as_json: bool, prompt: str, *, task_id: str | None,
                       **submit: Any) -> int:
     """Run one task (a completion, or a chat when `messages` is given) and print it."""
     task_id = task_id or uuid.uuid4().hex
-    interrupted = asyncio.Event()
-    loop = asyncio.get_running_loop()
     async with AsyncClient(connect, timeout) as client:
         stream = client.submit(prompt, task_id=task_id, **submit)
-        main_task = asyncio.current_task()
-
-        def on_sigint() -> None:
-            if interrupted.is_set() and main_task is not None:
-                main_task.cancel()
-                return
-            interrupted.set()
-            loop.create_task(client.cancel(task_id))
-
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-        try:
-            return await _print_events(stream, as_json, interrupted)
-        except asyncio.CancelledError:
-            return EXIT_INTERRUPTED
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
+        with ctrl_c_cancels(lambda: client.cancel(task_id)) as interrupted:
+            try:
+                return await _print_events(stream, as_json, interrupted)
+            except asyncio.CancelledError:
+                return EXIT_INTERRUPTED
 
 
 async def _print_events(stream: Any, as_json: bool, interrupted: asyncio.Event) -> int:

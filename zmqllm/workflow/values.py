@@ -12,9 +12,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WorkflowError", "Where", "show", "suggest"]
+from zmqllm.config import show_value
 
-MAX_SHOWN_CHARS = 60  # longer bad values are cut so the error stays one readable line
+__all__ = ["WorkflowError", "Where", "show", "suggest"]
 
 
 class WorkflowError(Exception):
@@ -22,21 +22,9 @@ class WorkflowError(Exception):
 
 
 def show(value: Any) -> str:
-    """A bad value, briefly, on one line, with its TOML type word."""
-    if isinstance(value, bool):
-        return "boolean " + ("true" if value else "false")
-    if isinstance(value, str):
-        text = value if len(value) <= MAX_SHOWN_CHARS else value[:MAX_SHOWN_CHARS] + "..."
-        return "string " + repr(text)
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"float {value}"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, (list, tuple)):
-        return "an array"
-    return type(value).__name__
+    """A bad value, briefly, on one line, with its TOML type word ("a table", "an array" read better here)."""
+    shown = show_value(value)
+    return {"table": "a table", "array": "an array"}.get(shown, shown)
 
 
 def suggest(name: str, known: Collection[str], quote: str = "'") -> str:
