@@ -13,7 +13,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -100,6 +100,17 @@ class Engine(ABC):
         thread) until done, `max_tokens`, or `cancel` is set; a set `cancel` must
         end the generation within one token and return `finish_reason="cancelled"`.
         Raises `EngineError` for requests it cannot serve."""
+
+    @classmethod
+    async def open(cls, **settings: Any) -> Self:
+        """Construct with `settings` and load; a failed load closes what it opened before raising."""
+        engine = cls(**settings)
+        try:
+            await engine.load()
+        except BaseException:
+            await engine.close()
+            raise
+        return engine
 
     async def load(self) -> None:
         """Get ready to serve (load weights); raises `EngineError` with one clear

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -32,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from zmqllm.engines.base import (
-    Emit, Engine, EngineError, FinishReason, GenerationRequest, GenerationResult, TokenChunk,
+    Emit, Engine, EngineError, FinishReason, GenerationRequest, GenerationResult,
 )
 from zmqllm.engines.batched_decode import (
     BatchContext, Generation, Job, SamplerChain, Sequence, SlotEvent, SlotState, check_fits, load_model, plan_step,
 )
 from zmqllm.engines.bundled import advertised_name, resolve_model_path
-from zmqllm.engines.llama_text import chat_renderer, tokenize_prompt
+from zmqllm.engines.handoff import TokenHandoff
+from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
 from zmqllm.engines.sampling import TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -97,17 +97,6 @@ class BatchedLlamaEngine(Engine):
         self._vocab: Any = None
         self._n_vocab = 0
         self._render_chat: Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]] | None = None
-
-    @classmethod
-    async def open(cls, **settings: Any) -> BatchedLlamaEngine:
-        """Construct and load (see `__init__` for the settings)."""
-        engine = cls(**settings)
-        try:
-            await engine.load()
-        except BaseException:
-            await engine.close()
-            raise
-        return engine
 
     # --- observability (any thread) --------------------------------------------
 
@@ -184,37 +173,20 @@ class BatchedLlamaEngine(Engine):
             raise EngineError("bad_request", f"max_tokens must be >= 0, got {request.max_tokens}")
         sampling = parse_sampling(request.params)
         if request.messages:
-            request = self._render(request)
+            request = render_chat_request(self._render_chat, self.models[0], request)
         loop = asyncio.get_running_loop()
-        abort = threading.Event()  # the awaiting task went away, or emit failed
-        emit_errors: list[BaseException] = []
+        handoff = TokenHandoff(loop, emit, cancel)
         done: asyncio.Future[GenerationResult | EngineError] = loop.create_future()
-
-        def on_loop(chunk: TokenChunk) -> None:
-            if abort.is_set():
-                return
-            try:
-                emit(chunk)
-            except BaseException as exc:  # stop generating, re-raise below
-                emit_errors.append(exc)
-                abort.set()
 
         def settle(outcome: GenerationResult | EngineError) -> None:
             if not done.done():
                 done.set_result(outcome)
 
-        def deliver(chunk: TokenChunk) -> None:  # worker thread
-            try:
-                loop.call_soon_threadsafe(on_loop, chunk)
-            except RuntimeError:  # loop closed
-                abort.set()
-
         def resolve(outcome: GenerationResult | EngineError) -> None:  # worker thread
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, outcome)
 
-        job = Job(request, sampling, tuple(s for s in request.stop if s), deliver,
-                   lambda: cancel.is_set() or abort.is_set(), resolve)
+        job = Job(request, sampling, tuple(s for s in request.stop if s), handoff.deliver, handoff.stopped, resolve)
         with self._wake:
             if not self._serving:
                 raise EngineError("engine_failed", self._failure or "engine is closed")
@@ -225,25 +197,14 @@ class BatchedLlamaEngine(Engine):
         try:
             outcome = await done
         except asyncio.CancelledError:
-            abort.set()  # the worker drops the job within one step
+            handoff.abort.set()  # the worker drops the job within one step
             raise
         # `settle` reaches the loop after every chunk delivered before it
         # (call_soon_threadsafe is FIFO), so all emits have run by now.
-        if emit_errors:
-            raise emit_errors[0]
+        handoff.raise_emit_error()
         if isinstance(outcome, EngineError):
             raise outcome
         return outcome
-
-    def _render(self, request: GenerationRequest) -> GenerationRequest:
-        if self._render_chat is None:
-            raise EngineError("bad_request", f"model {self.models[0]} has no chat template: start its daemon "
-                              "with --chat-format plain (or a Jinja template file), or send a plain prompt")
-        try:
-            prompt, template_stops = self._render_chat(list(request.messages))
-        except Exception as exc:  # a template that raises on these messages
-            raise EngineError("bad_request", f"chat template failed: {exc}") from None
-        return dataclasses.replace(request, prompt=prompt, messages=(), stop=request.stop + template_stops)
 
     async def close(self) -> None:
         """Stop the worker (running and queued requests fail with

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -49,7 +48,8 @@ from zmqllm.engines.base import (
 )
 from zmqllm.engines.bundled import advertised_name, resolve_model_path
 from zmqllm.engines.llama_log import collect_load_errors, install_quiet_logging
-from zmqllm.engines.llama_text import chat_renderer, tokenize_prompt
+from zmqllm.engines.handoff import TokenHandoff
+from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
 from zmqllm.engines.sampling import Sampling, TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -125,17 +125,6 @@ class LlamaEngine(Engine):
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqllm-llama")
 
-    @classmethod
-    async def open(cls, **settings: Any) -> LlamaEngine:
-        """Construct and load (see `__init__` for the settings)."""
-        engine = cls(**settings)
-        try:
-            await engine.load()
-        except BaseException:
-            await engine.close()
-            raise
-        return engine
-
     @property
     def loaded(self) -> bool:
         return self._llm is not None
@@ -205,50 +194,21 @@ class LlamaEngine(Engine):
             )
         sampling = parse_sampling(request.params)
         if request.messages:
-            if self._render_chat is None:
-                raise EngineError("bad_request", f"model {self.models[0]} has no chat template: start its daemon "
-                                  "with --chat-format plain (or a Jinja template file), or send a plain prompt")
-            try:
-                prompt, template_stops = self._render_chat(list(request.messages))
-            except Exception as exc:  # a template that raises on these messages
-                raise EngineError("bad_request", f"chat template failed: {exc}") from None
-            request = dataclasses.replace(request, prompt=prompt, messages=(), stop=request.stop + template_stops)
+            request = render_chat_request(self._render_chat, self.models[0], request)
         stops = tuple(s for s in request.stop if s)
-
         loop = asyncio.get_running_loop()
-        abort = threading.Event()  # the awaiting task went away, or emit failed
-        emit_errors: list[BaseException] = []
-
-        def on_loop(chunk: TokenChunk) -> None:
-            if abort.is_set():
-                return
-            try:
-                emit(chunk)
-            except BaseException as exc:  # stop generating, re-raise below
-                emit_errors.append(exc)
-                abort.set()
-
-        def deliver(chunk: TokenChunk) -> None:  # worker thread
-            try:
-                loop.call_soon_threadsafe(on_loop, chunk)
-            except RuntimeError:  # loop closed
-                abort.set()
-
-        def stopped() -> bool:
-            return cancel.is_set() or abort.is_set()
-
+        handoff = TokenHandoff(loop, emit, cancel)
         fut = loop.run_in_executor(
-            self._executor, self._generate_blocking, request, sampling, stops, deliver, stopped
+            self._executor, self._generate_blocking, request, sampling, stops, handoff.deliver, handoff.stopped
         )
         try:
             result = await fut
         except asyncio.CancelledError:
-            abort.set()
+            handoff.abort.set()
             raise
         # The future's result reaches the loop after every chunk scheduled before
         # it (call_soon_threadsafe is FIFO), so all emits have run by now.
-        if emit_errors:
-            raise emit_errors[0]
+        handoff.raise_emit_error()
         return result
 
     def _reset(self) -> None:

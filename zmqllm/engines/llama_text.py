@@ -1,14 +1,15 @@
-"""Text around llama.cpp shared by both llama engines: how chat messages become a prompt, and how a prompt
-becomes tokens exactly as `create_completion` tokenises it."""
+"""Text around llama.cpp shared by both llama engines: how chat messages become a prompt (and a chat
+request a completion), and how a prompt becomes tokens exactly as `create_completion` tokenises it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from zmqllm.chat import PLAIN, PLAIN_STOPS, render_plain
-from zmqllm.engines.base import EngineError
+from zmqllm.engines.base import EngineError, GenerationRequest
 from zmqllm.engines.bundled import is_bundled
 
 ChatRenderer = Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]]
@@ -52,3 +53,15 @@ def tokenize_prompt(llm: Any, prompt: str) -> list[int]:
         bos_tokens = []
     body = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
     return bos_tokens + body
+
+
+def render_chat_request(render: ChatRenderer | None, model: str, request: GenerationRequest) -> GenerationRequest:
+    """A chat request as the completion the model runs: its messages rendered, the template's stops added."""
+    if render is None:
+        raise EngineError("bad_request", f"model {model} has no chat template: start its daemon "
+                          "with --chat-format plain (or a Jinja template file), or send a plain prompt")
+    try:
+        prompt, template_stops = render(list(request.messages))
+    except Exception as exc:  # a template that raises on these messages
+        raise EngineError("bad_request", f"chat template failed: {exc}") from None
+    return dataclasses.replace(request, prompt=prompt, messages=(), stop=request.stop + template_stops)
