@@ -80,17 +80,11 @@ class Origin:
         if existing is not None:
             self._attach(client, existing, message.id)
             return
-        task = OriginTask(spec, self.node.clock())
-        self.tasks[spec.task_id] = task
+        task = self._record(OriginTask(spec, self.node.clock()))  # on disk before the client hears of it
         self.clients[spec.task_id] = [client]
-        if self.node.journal is not None:
-            self.node.journal.accepted(task)  # on disk before the client hears it was accepted
         self.node.reply(client, "ACCEPTED", re=message.id, task_id=spec.task_id, origin=self.node.settings.name)
         log.info("task %s accepted (model=%s, peer=%s)", spec.task_id, spec.model, spec.peer)
-        if spec.deadline_s is not None:
-            asyncio.get_running_loop().call_later(spec.deadline_s, self._expire, task)
-        self._publish_task(task)
-        self._route(task)
+        self._start(task)
 
     def submit_local(self, spec: TaskSpec, listener: TaskListener, avoid: Iterable[str] = ()) -> str | None:
         """A task from inside this node (a workflow step), routed like any client's and journaled too; its
@@ -98,14 +92,24 @@ class Origin:
         problem = validate_spec(spec)
         if problem is not None or spec.task_id in self.tasks:
             return problem or f"task id {spec.task_id} is taken"
-        task = OriginTask(spec, self.node.clock(), avoid=frozenset(avoid))
-        self.tasks[spec.task_id] = task
+        task = self._record(OriginTask(spec, self.node.clock(), avoid=frozenset(avoid)))
         self.listeners[spec.task_id] = listener
+        self._start(task)
+        return None
+
+    def _record(self, task: OriginTask) -> OriginTask:
+        """An accepted task: remembered, and journaled."""
+        self.tasks[task.task_id] = task
         if self.node.journal is not None:
             self.node.journal.accepted(task)
+        return task
+
+    def _start(self, task: OriginTask) -> None:
+        """Arm its deadline, tell dashboards, and place it."""
+        if task.spec.deadline_s is not None:
+            asyncio.get_running_loop().call_later(task.spec.deadline_s, self._expire, task)
         self._publish_task(task)
         self._route(task)
-        return None
 
     def cancel(self, task_id: str) -> None:
         """Stop a task this node is origin of (it ends `done`, finish_reason cancelled)."""
