@@ -328,3 +328,38 @@ def test_load_failure_is_one_line(tmp_path: Path) -> None:
         asyncio.run(BatchedLlamaEngine.open(model=str(missing), cache_dir=tmp_path, n_threads=N_THREADS))
     assert err.value.code == "engine_failed" and str(missing) in err.value.message
     assert "\n" not in err.value.message
+
+
+# --- the greedy shortcut ---------------------------------------------------------------
+
+
+def test_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(engine: BatchedLlamaEngine) -> None:
+    """The greedy shortcut (argmax over the logits) against llama.cpp's own chain
+    on the same logits, row by row, over 16 steps of two sequences."""
+    from zmqllm.engines.batched_decode import Row, SamplerChain, load_model
+    from zmqllm.engines.sampling import parse_sampling
+
+    assert engine.model_path is not None
+    lc, llm, ctx = load_model(engine.model_path, slots=2, ctx_per_slot=128, n_batch=64, n_threads=N_THREADS,
+                              n_gpu_layers=0, flash_attn=True, verbose=False)
+    n_vocab = lc.llama_vocab_n_tokens(llm._model.vocab)
+    shortcut = SamplerChain.build(lc, parse_sampling(GREEDY), n_vocab, 1)
+    chain = SamplerChain.build(lc, parse_sampling(GREEDY), n_vocab, 1)
+    chain.argmax_vocab = 0  # through llama_sampler_sample
+    penalised = SamplerChain.build(lc, parse_sampling({**GREEDY, "repeat_penalty": 1.3}), n_vocab, 1)
+    try:
+        assert shortcut.argmax_vocab == n_vocab and penalised.argmax_vocab == 0
+        rows = [Row(slot, tuple(tokenize_prompt(llm, p)), 0, True) for slot, p in enumerate([X, "def fib(n):"])]
+        picked: list[int] = []
+        for _ in range(16):
+            last = ctx.decode(rows)
+            fast = [shortcut.sample(ctx.ctx, i) for i in last]
+            assert fast == [chain.sample(ctx.ctx, i) for i in last]
+            picked += fast
+            rows = [Row(r.slot, (t,), r.pos + len(r.tokens), True) for r, t in zip(rows, fast, strict=True)]
+        assert len(set(picked)) > 8  # it really generated text, not one token over and over
+    finally:
+        for sampler in (shortcut, chain, penalised):
+            sampler.free()
+        ctx.close()
+        llm.close()

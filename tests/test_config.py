@@ -102,6 +102,14 @@ def test_file_values_and_float_accepts_int(tmp_path):
     assert c.suspect_after_s == 2.0 and c.dead_after_s == 4.0
 
 
+def test_flash_attention_is_on_by_default_only_where_llama_batches():
+    llama = {"engine": "llama", "model": "bundled:gemma3-270m"}
+    assert load_config(env={}, overrides=llama).flash_attn is False  # slots = 1: as llama-cpp-python
+    assert load_config(env={}, overrides={**llama, "slots": 4}).flash_attn is True  # as llama-server's auto
+    assert load_config(env={"ZMQLLM_FLASH_ATTN": "false"}, overrides={**llama, "slots": 4}).flash_attn is False
+    assert load_config(env={}, overrides={**llama, "flash_attn": True}).flash_attn is True
+
+
 # --- file errors ------------------------------------------------------------
 
 def test_unknown_key_suggests(tmp_path):

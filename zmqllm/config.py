@@ -82,7 +82,8 @@ class NodeConfig:
     threads: int | None = None
     batch: int = 512
     chat_format: str | None = None
-    flash_attn: bool = False
+    flash_attn: bool | None = None
+    """None until `load_config` resolves it: on when llama batches (slots > 1)."""
 
     @property
     def suspect_after_s(self) -> float:
@@ -151,7 +152,8 @@ KEYS: dict[str, Key] = dict([
     _key("threads", int, "llama CPU threads (default: engine picks)", optional=True),
     _key("batch", int, "llama prompt batch size in tokens"),
     _key("chat_format", str, "llama chat template name (default: from the model)", optional=True),
-    _key("flash_attn", bool, "llama flash attention"),
+    _key("flash_attn", bool, "llama flash attention (default: on when slots > 1, as llama-server's 'auto' "
+                             "picks on CPU and GPU; off for slots = 1, as llama-cpp-python)", optional=True),
 ])
 assert set(KEYS) == set(_FIELDS), "KEYS and NodeConfig must list the same keys"
 
@@ -311,6 +313,8 @@ def load_config(path: str | os.PathLike | None = None,
         values["log_level"] = values["log_level"].lower()
     if values.get("slots") is None:
         values["slots"] = DEFAULT_SLOTS.get(values.get("engine", "echo"), 1)
+    if values.get("flash_attn") is None:
+        values["flash_attn"] = values["slots"] > 1
     config = NodeConfig(**values)
     _validate(config, lambda name: sources.get(name, "default"))
     return config

@@ -71,7 +71,7 @@ def model_rows(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def model_table(rows: list[dict[str, Any]]) -> str:
     body = [[r["model"], ",".join(r["peers"]), str(r["ctx"] or "-"), f"{r['busy']}/{r['slots']}",
              "yes" if r["chat"] else "no"] for r in rows]
-    return table(["MODEL", "SERVED BY", "CTX", "SLOTS", "CHAT"], body)
+    return table(["MODEL", "SERVED BY", "CTX PER SLOT", "SLOTS", "CHAT"], body)
 
 
 def task_table(rows: list[dict[str, Any]]) -> str:

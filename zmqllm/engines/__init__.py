@@ -18,7 +18,7 @@ def build_engine(config: NodeConfig, cache_dir: Path) -> Engine:
         assert config.model is not None  # the config refuses engine = "llama" without a model
         settings = dict(model=config.model, model_name=config.model_name, cache_dir=cache_dir, n_ctx=config.ctx,
                         n_threads=config.threads, n_gpu_layers=config.gpu_layers, n_batch=config.batch,
-                        flash_attn=config.flash_attn, chat_format=config.chat_format)
+                        flash_attn=bool(config.flash_attn), chat_format=config.chat_format)
         if (config.slots or 1) > 1:  # continuous batching: several sequences in one llama.cpp context
             from zmqllm.engines.batched import BatchedLlamaEngine
 

@@ -5,8 +5,9 @@ steps. A step holds one token of every sequence past its prompt plus chunks of
 new prompts (at most `prefill_chunk` tokens, so a long prompt never stalls the
 running streams). A request joins at the first step after a slot frees (lowest
 free slot first); a finished or cancelled sequence leaves at once and its KV
-cells are freed. Tokens cross back to the event loop with
-`loop.call_soon_threadsafe`, the result through a future.
+cells are freed. A step's tokens (and results) cross back to the event loop
+together, with one `loop.call_soon_threadsafe` (`StepOutbox`), the result
+through a future.
 
 Promised: each sequence samples with its own parameters and seed; sequences
 never see each other's KV cells; a greedy output is repeatable for the same
@@ -37,7 +38,7 @@ from zmqllm.engines.batched_decode import (
     BatchContext, Generation, Job, SamplerChain, Sequence, SlotEvent, SlotState, check_fits, load_model, plan_step,
 )
 from zmqllm.engines.bundled import advertised_name, resolve_model_path
-from zmqllm.engines.handoff import TokenHandoff
+from zmqllm.engines.handoff import StepOutbox, TokenHandoff
 from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
 from zmqllm.engines.sampling import TokenText, parse_sampling
 
@@ -53,10 +54,13 @@ TRACE_EVENTS = 256
 class BatchedLlamaEngine(Engine):
     """A llama-cpp-python model serving `slots` requests at once. Construct, then
     `await load()` (or `await BatchedLlamaEngine.open(**settings)`), then
-    `generate` (concurrently), then `close`. `n_ctx` is the context per slot."""
+    `generate` (concurrently), then `close`. `n_ctx` is the context per slot.
+    Flash attention is on by default: llama-server's "auto" turns it on for
+    CPU and GPU alike, and at 8 streams on the 2-core dev machine it cuts a
+    step from ≈ 46 to ≈ 43 ms (173 → 186 tok/s)."""
 
     def __init__(self, *, model: str, model_name: str | None = None, cache_dir: Path, n_ctx: int = 2048,
-                 n_threads: int | None = None, n_gpu_layers: int = 0, n_batch: int = 512, flash_attn: bool = False,
+                 n_threads: int | None = None, n_gpu_layers: int = 0, n_batch: int = 512, flash_attn: bool = True,
                  chat_format: str | None = None, verbose: bool = False, slots: int = 4,
                  prefill_chunk: int = PREFILL_CHUNK_TOKENS) -> None:
         if not 1 <= slots < n_batch or prefill_chunk < 1:
@@ -89,6 +93,7 @@ class BatchedLlamaEngine(Engine):
         self._serving = False
         self._failure = ""
         self._thread: threading.Thread | None = None
+        self._outbox = StepOutbox()  # the worker's; flushed at the end of every loop turn
         # owned by the worker thread once loaded
         self._llm: Any = None
         self._lc: Any = None
@@ -175,7 +180,7 @@ class BatchedLlamaEngine(Engine):
         if request.messages:
             request = render_chat_request(self._render_chat, self.models[0], request)
         loop = asyncio.get_running_loop()
-        handoff = TokenHandoff(loop, emit, cancel)
+        handoff = TokenHandoff(loop, emit, cancel, self._outbox)
         done: asyncio.Future[GenerationResult | EngineError] = loop.create_future()
 
         def settle(outcome: GenerationResult | EngineError) -> None:
@@ -183,8 +188,7 @@ class BatchedLlamaEngine(Engine):
                 done.set_result(outcome)
 
         def resolve(outcome: GenerationResult | EngineError) -> None:  # worker thread
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, outcome)
+            self._outbox.post(loop, settle, outcome)
 
         job = Job(request, sampling, tuple(s for s in request.stop if s), handoff.deliver, handoff.stopped, resolve)
         with self._wake:
@@ -200,7 +204,7 @@ class BatchedLlamaEngine(Engine):
             handoff.abort.set()  # the worker drops the job within one step
             raise
         # `settle` reaches the loop after every chunk delivered before it
-        # (call_soon_threadsafe is FIFO), so all emits have run by now.
+        # (the outbox keeps order), so all emits have run by now.
         handoff.raise_emit_error()
         if isinstance(outcome, EngineError):
             raise outcome
@@ -236,6 +240,7 @@ class BatchedLlamaEngine(Engine):
             reason = self._failure = f"engine failed: {type(exc).__name__}: {exc}"
         finally:
             self._shutdown(reason)
+            self._outbox.flush()
 
     def _load_blocking(self) -> None:
         t0 = time.perf_counter()
@@ -255,6 +260,7 @@ class BatchedLlamaEngine(Engine):
 
     def _serve(self) -> None:
         while True:
+            self._outbox.flush()  # what the last turn delivered or resolved, before waiting
             with self._wake:
                 while not self._closed and not (any(self._slots) or (self._pending and not self._holds)):
                     self._wake.wait()

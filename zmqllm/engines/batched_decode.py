@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from zmqllm.engines.base import EngineError, FinishReason, GenerationRequest, GenerationResult, TokenChunk
 from zmqllm.engines.llama import check_gguf
 from zmqllm.engines.llama_log import collect_load_errors, install_quiet_logging
@@ -195,14 +197,23 @@ class SamplerChain:
     """One sequence's llama.cpp sampler chain, built as `Llama._init_sampler`
     builds it for the parameters `LlamaEngine` passes (no mirostat, no grammar,
     typical_p 1, no frequency/presence penalty): penalties, then greedy at
-    temperature 0, else top-k, typical, top-p, min-p, temperature, dist(seed)."""
+    temperature 0, else top-k, typical, top-p, min-p, temperature, dist(seed).
+
+    Greedy without a repeat penalty is the first maximum of the logits (the
+    penalties sampler does nothing at 1.0, and the greedy sampler keeps the
+    first of equal maxima, as `argmax` does). That case skips the chain: it
+    copies all 262 k logits into a candidate array per call, ≈ 4.5 % of a
+    batched step at 8 streams on the dev machine."""
 
     lc: Any
     ptr: Any = field(default=None)
+    argmax_vocab: int = 0  # > 0: sample by argmax over this many logits
 
     @classmethod
     def build(cls, lc: Any, sampling: Sampling, n_vocab: int, seed: int) -> SamplerChain:
         chain = cls(lc, lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params()))
+        if sampling.temperature == 0.0 and sampling.repeat_penalty == 1.0:
+            chain.argmax_vocab = n_vocab
         chain._add(lc.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0))
         if sampling.temperature == 0.0:
             chain._add(lc.llama_sampler_init_greedy())
@@ -223,6 +234,9 @@ class SamplerChain:
 
     def sample(self, ctx: Any, index: int) -> int:
         """Sample from the logits of batch row `index` (and accept the token)."""
+        if self.argmax_vocab:
+            logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(ctx, index), shape=(self.argmax_vocab,))
+            return int(logits.argmax())
         return int(self.lc.llama_sampler_sample(self.ptr, ctx, index))
 
     def accept(self, token: int) -> None:
