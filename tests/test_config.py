@@ -102,6 +102,12 @@ def test_file_values_and_float_accepts_int(tmp_path):
     assert c.suspect_after_s == 2.0 and c.dead_after_s == 4.0
 
 
+def test_a_model_without_an_engine_means_llama():
+    assert load_config(env={}, overrides={"model": "bundled:gemma3-270m"}).engine == "llama"
+    assert load_config(env={"ZMQLLM_MODEL": "bundled:gemma3-270m", "ZMQLLM_ENGINE": "echo"}).engine == "echo"
+    assert load_config(env={}).engine == "echo"
+
+
 def test_flash_attention_is_on_by_default_only_where_llama_batches():
     llama = {"engine": "llama", "model": "bundled:gemma3-270m"}
     assert load_config(env={}, overrides=llama).flash_attn is False  # slots = 1: as llama-cpp-python

@@ -133,7 +133,7 @@ KEYS: dict[str, Key] = dict([
     _key("bind", str, "endpoint to listen on, tcp://HOST:PORT or ipc://PATH"),
     _key("advertise", str, "endpoint peers should dial, when bind is a wildcard", optional=True),
     _key("peers", tuple, "seed endpoints to dial at start-up"),
-    _key("engine", str, "inference engine", choices=ENGINES),
+    _key("engine", str, "inference engine (default: llama when a model is given, else echo)", choices=ENGINES),
     _key("model", str, f"llama model: a GGUF path or '{BUNDLED_MODEL}'", optional=True),
     _key("model_name", str, "model name to advertise instead of the file stem", optional=True),
     _key("echo_rate", float, "echo engine tokens per second; 0 = as fast as possible"),
@@ -311,8 +311,10 @@ def load_config(path: str | os.PathLike | None = None,
         values["name"] = default_name()
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].lower()
+    if "engine" not in values:  # a model given means it is to be served
+        values["engine"] = "llama" if values.get("model") else "echo"
     if values.get("slots") is None:
-        values["slots"] = DEFAULT_SLOTS.get(values.get("engine", "echo"), 1)
+        values["slots"] = DEFAULT_SLOTS.get(values["engine"], 1)
     if values.get("flash_attn") is None:
         values["flash_attn"] = values["slots"] > 1
     config = NodeConfig(**values)
