@@ -247,7 +247,20 @@ def test_llama_error_names_where_engine_was_set():
     "tcp://*:5555", "tcp://0.0.0.0:0", "tcp://[::1]:5555", "tcp://eth0:*",
     "ipc:///tmp/zmqllm.sock", "tcp://host-1.example.org:65535"])
 def test_valid_bind_endpoints(endpoint):
-    assert load_config(env={}, overrides={"bind": endpoint}).bind == endpoint
+    assert load_config(env={}, overrides={"bind": endpoint, "allow_plaintext": True}).bind == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://*:5555", "tcp://0.0.0.0:0", "tcp://eth0:*", "tcp://192.0.2.7:5555"])
+def test_a_bind_other_machines_reach_needs_a_mesh_key_or_consent(endpoint, tmp_path):
+    message = error_of(overrides={"bind": endpoint})
+    assert message.startswith(f"flag --bind: {endpoint} is reachable from other machines, and no mesh_key is set")
+    assert "zmqllm keys new" in message and "allow_plaintext = true" in message
+    from zmqllm import keys
+
+    key = keys.create(tmp_path / "mesh.key")
+    assert load_config(env={"ZMQLLM_MESH_KEY": key.path}, overrides={"bind": endpoint}).mesh_key == key.path
+    for local in ("tcp://127.0.0.1:5555", "tcp://localhost:0", "tcp://[::1]:5555", "ipc:///tmp/zmqllm.sock"):
+        assert load_config(env={}, overrides={"bind": local}).mesh_key is None
 
 
 # --- KEYS, examples, data dir -------------------------------------------------

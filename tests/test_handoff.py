@@ -15,7 +15,6 @@ def test_a_steps_chunks_arrive_together_in_order_and_before_the_result() -> None
     wakeups = 0
 
     async def go() -> str:
-        nonlocal wakeups
         loop = asyncio.get_running_loop()
         real = loop.call_soon_threadsafe
 

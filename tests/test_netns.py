@@ -18,7 +18,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from conftest import Daemon, _pump, wait_until
+from zmqllm import keys
 
 SUBNET = "10.231.7"
 HEARTBEAT_S = 0.2
@@ -91,8 +93,10 @@ def _peer_states(env: dict[str, str], ns: str, endpoint: str) -> dict[str, str]:
     return {r["name"]: r["state"] for r in json.loads(result.stdout)} if result.returncode == 0 else {}
 
 
-def test_a_partitioned_executor_fails_over_and_rejoins_when_the_link_heals(hosts, zmqllm_env):
+def test_a_partitioned_executor_fails_over_and_rejoins_when_the_link_heals(hosts, zmqllm_env, tmp_path):
     tag, switch = hosts["tag"], hosts["switch"]
+    # the hosts bind addresses other machines reach, so the mesh needs its key (CURVE on every link)
+    zmqllm_env = {**zmqllm_env, "ZMQLLM_MESH_KEY": keys.create(tmp_path / "mesh.key").path}
     a_ep = f"tcp://{SUBNET}.1:5555"
     daemons = [_daemon(zmqllm_env, f"{tag}-a", "a", 1)]
     try:

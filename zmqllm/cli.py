@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import click
 
-from zmqllm import __version__, paths
+from zmqllm import __version__, keys, paths
 from zmqllm.client import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT_S, AsyncClient, MeshUnreachable, RequestFailed
 from zmqllm.config import BUNDLED_MODEL, KEYS, ConfigError, load_config
 
@@ -36,17 +37,31 @@ class CliError(click.ClickException):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="zmqllm")
-def main() -> None:
+@click.option("--mesh-key", metavar="FILE", envvar=keys.ENV_VAR, default=None,
+              help=f"the mesh's key file (zmqllm keys new): every command and daemon started from here uses it "
+                   f"[env: {keys.ENV_VAR}]")
+@click.pass_context
+def main(ctx: click.Context, mesh_key: str | None) -> None:
     """zmqllm: a brokerless peer-to-peer mesh of LLM daemons.
 
     \b
     Start a daemon on each machine, then drive the mesh from any of them:
+      zmqllm keys new ~/.config/zmqllm/mesh.key     (once; copy it to each machine)
+      export ZMQLLM_MESH_KEY=~/.config/zmqllm/mesh.key
       zmqllm daemon --name a --bind tcp://0.0.0.0:5555
       zmqllm daemon --name b --bind tcp://0.0.0.0:5555 --peer tcp://hostA:5555
       zmqllm peers --connect tcp://hostA:5555
       zmqllm submit "Once upon a time" --max-tokens 32
     Or start a local mesh in one go: zmqllm up --nodes 3
     """
+    if not mesh_key:
+        return
+    if ctx.invoked_subcommand not in ("keys", "daemon"):  # `keys new` creates it; a daemon's config checks it
+        try:
+            keys.load(mesh_key)
+        except keys.KeyFileError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+    os.environ[keys.ENV_VAR] = mesh_key  # for the client and for daemons `up` starts
 
 
 # -- daemon ---------------------------------------------------------------------------
@@ -435,4 +450,4 @@ def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, 
     click.echo(json.dumps(report, indent=2) if as_json else report["summary"])
 
 
-from zmqllm import cli_workflows  # noqa: E402,F401  (registers run, runs and workflows on `main`)
+from zmqllm import cli_keys, cli_workflows  # noqa: E402,F401  (register keys, run, runs, workflows on `main`)

@@ -22,9 +22,11 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
-from zmqllm import protocol
+from zmqllm import keys, protocol
 from zmqllm.events import LEASE_S
+from zmqllm.keys import MeshKey
 from zmqllm.protocol import Message, ProtocolError
 from zmqllm.transport import Channel, Sent
 
@@ -34,11 +36,13 @@ _EVENT_TYPES = {"ACCEPTED": "accepted", "TOKEN": "token", "FAILOVER": "failover"
 
 
 class MeshUnreachable(Exception):
-    """The node did not answer within the timeout."""
+    """The node did not answer within the timeout (`refused`: it turned down our security handshake)."""
 
-    def __init__(self, endpoint: str, timeout: float) -> None:
-        super().__init__(f"no answer from {endpoint} within {timeout:g} s (is a daemon running there?)")
+    def __init__(self, endpoint: str, timeout: float, refused: str = "") -> None:
+        super().__init__(f"{endpoint} refused this client: {refused}" if refused else
+                         f"no answer from {endpoint} within {timeout:g} s (is a daemon running there?)")
         self.endpoint = endpoint
+        self.refused = refused
 
 
 class RequestFailed(Exception):
@@ -67,11 +71,16 @@ class _Stream:
 
 
 class AsyncClient:
-    """One DEALER to one node. Use as `async with AsyncClient(endpoint) as client:`."""
+    """One DEALER to one node. Use as `async with AsyncClient(endpoint) as client:`.
+    `mesh_key` (default: the file `ZMQLLM_MESH_KEY` names, if any) makes it a
+    CURVE client; opening raises `keys.KeyFileError` for an unusable key file."""
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S, mesh_key: MeshKey | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.mesh_key = mesh_key
+        self._monitor: Channel | None = None
+        self._refused = ""  # why the node refused our handshake, once it has
         self.client_id = "client-" + secrets.token_hex(4)
         self._ctx: zmq.Context | None = None
         self._channel: Channel | None = None
@@ -83,18 +92,38 @@ class AsyncClient:
         self._stream_refs: dict[int, _Stream] = {}
 
     async def __aenter__(self) -> AsyncClient:
+        key = self.mesh_key or keys.from_env()
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())  # nodes (and their traces) name us by it
+        if key is not None:
+            key.dial(sock)
+        self._monitor = Channel(sock.get_monitor_socket(keys.HANDSHAKE_FAILED),
+                                lambda frames: self._on_handshake_failed(frames, key))
         sock.connect(self.endpoint)
         self._channel = Channel(sock, self._on_frames)
         return self
+
+    def _on_handshake_failed(self, frames: list[bytes], key: MeshKey | None) -> None:
+        """The node turned down our security handshake: it never will accept, so
+        waiting requests fail now with the reason instead of at their timeout."""
+        self._refused = keys.handshake_failure(parse_monitor_message(frames)["event"], key)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(MeshUnreachable(self.endpoint, self.timeout, self._refused))
+        for stream in self._streams.values():
+            stream.arrived.set()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
+        if self._monitor is not None:
+            if self._channel is not None:
+                self._channel.socket.disable_monitor()
+            self._monitor.close()
+            self._monitor = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -114,6 +143,8 @@ class AsyncClient:
 
     async def request(self, type_: str, **fields: Any) -> Message:
         """Send one request and wait (bounded) for the reply that answers it."""
+        if self._refused:
+            raise MeshUnreachable(self.endpoint, self.timeout, self._refused)
         message = self._send(type_, **fields)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[message.id] = future
@@ -121,7 +152,7 @@ class AsyncClient:
             async with asyncio.timeout(self.timeout):  # not wait_for: on 3.11 it can swallow a cancel
                 reply = await future
         except TimeoutError:
-            raise MeshUnreachable(self.endpoint, self.timeout) from None
+            raise MeshUnreachable(self.endpoint, self.timeout, self._refused) from None
         finally:
             self._pending.pop(message.id, None)
         if reply.type == "ERROR":
@@ -230,6 +261,8 @@ class AsyncClient:
     async def _next_for_task(self, stream: _Stream) -> Message:
         """The task's next message; while none comes, check the node is still there."""
         while not stream.messages:
+            if self._refused:
+                raise MeshUnreachable(self.endpoint, self.timeout, self._refused)
             stream.arrived.clear()
             try:
                 async with asyncio.timeout(self.timeout):
@@ -245,7 +278,7 @@ class AsyncClient:
             raise RuntimeError("client is not open: use `async with AsyncClient(...)`")
         message = protocol.make(type_, src=self.client_id, id=next(self._ids) if id is None else id, **fields)
         if self._channel.send([protocol.encode(message)]) is not Sent.OK:
-            raise MeshUnreachable(self.endpoint, self.timeout)  # its queue is full: it has not answered
+            raise MeshUnreachable(self.endpoint, self.timeout, self._refused)  # queue full: it has not answered
         return message
 
     def _on_frames(self, frames: list[bytes]) -> None:
@@ -278,9 +311,9 @@ class AsyncClient:
 class Client:
     """The same, for synchronous code: `with Client(endpoint) as client: client.peers()`."""
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S, mesh_key: MeshKey | None = None) -> None:
         self._loop = asyncio.new_event_loop()
-        self._async = AsyncClient(endpoint, timeout)
+        self._async = AsyncClient(endpoint, timeout, mesh_key)
 
     def __enter__(self) -> Client:
         self._loop.run_until_complete(self._async.__aenter__())

@@ -75,6 +75,8 @@ class NodeConfig:
     suspect_after: float = 2.0
     dead_after: float = 4.0
     data_dir: str | None = None
+    mesh_key: str | None = None
+    allow_plaintext: bool = False
     log_level: str = "info"
     json_logs: bool = False
     gpu_layers: int = 0
@@ -145,6 +147,10 @@ KEYS: dict[str, Key] = dict([
     _key("suspect_after", float, "heartbeat intervals of silence before a peer is suspect"),
     _key("dead_after", float, "heartbeat intervals of silence before a peer is dead"),
     _key("data_dir", str, "state directory (default: $ZMQLLM_HOME/nodes/NAME)", optional=True),
+    _key("mesh_key", str, "CURVE key file the mesh shares (zmqllm keys new): encrypts traffic and admits only "
+                          "its holders", optional=True),
+    _key("allow_plaintext", bool, "let a bind other machines can reach run without mesh_key: unencrypted, and "
+                                  "anyone who reaches it can use it"),
     _key("log_level", str, "log verbosity", choices=LOG_LEVELS),
     _key("json_logs", bool, "write logs as JSON lines"),
     _key("gpu_layers", int, "llama layers offloaded to the GPU; -1 = all"),
@@ -367,6 +373,21 @@ def _validate(c: NodeConfig, source) -> None:
     need(c.ctx >= MIN_CTX_TOKENS, "ctx", f">= {MIN_CTX_TOKENS}")
     need(c.batch >= 1, "batch", ">= 1")
     need(c.threads is None or c.threads >= 1, "threads", ">= 1")
+    if c.mesh_key is not None:
+        from zmqllm import keys
+
+        try:
+            keys.load(c.mesh_key)
+        except keys.KeyFileError as exc:
+            raise ConfigError(f"{source('mesh_key')}: {exc}") from None
+    elif not c.allow_plaintext:
+        from zmqllm.transport import is_loopback
+
+        if not is_loopback(c.bind):  # secure by default off this machine
+            raise ConfigError(f"{source('bind')}: {c.bind} is reachable from other machines, and no mesh_key is "
+                              "set: make one (zmqllm keys new FILE), give every machine of the mesh the same file "
+                              "(mesh_key, or ZMQLLM_MESH_KEY), or set allow_plaintext = true to run the mesh "
+                              "unencrypted and open to anyone who can reach it")
     if c.engine == "llama" and c.model is None:
         raise ConfigError(f"{source('engine')}: key 'model' is required when engine is "
                           f"'llama' (a GGUF path or '{BUNDLED_MODEL}')")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from zmqllm import paths
+from zmqllm import keys, paths
 from zmqllm.config import NodeConfig, data_dir_for
 from zmqllm.engines import build_engine
 from zmqllm.engines.base import EngineError
@@ -32,6 +32,7 @@ def settings_from(config: NodeConfig) -> NodeSettings:
         queue_limit=config.queue_limit,
         send_buffer_bytes=int(config.send_buffer_mb * 2**20),
         data_dir=data_dir_for(config),
+        mesh_key=keys.load(config.mesh_key) if config.mesh_key else None,
     )
 
 
@@ -52,6 +53,8 @@ async def serve(config: NodeConfig) -> None:
         await engine.load()
     except EngineError as exc:
         raise DaemonError(exc.message) from None
+    if config.mesh_key and keys.too_open(config.mesh_key):
+        log.warning("mesh key %s is readable by other users: chmod 600 it", config.mesh_key)
     node = Node(settings_from(config), engine)
     node.install_signal_handlers()
     try:

@@ -30,6 +30,7 @@ from zmqllm.executor import Executor
 from zmqllm.journal import CHECKPOINT_INTERVAL_S, Journal
 from zmqllm.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
 from zmqllm.orchestrator import Orchestrator
+from zmqllm.keys import HANDSHAKE_FAILED, MeshKey, handshake_failure
 from zmqllm.origin import Origin
 from zmqllm.protocol import Message, ProtocolError
 from zmqllm.remote import RemoteTasks
@@ -68,6 +69,8 @@ class Link:
     node_id: str | None = None
     monitor: Channel | None = None
     """Connection events of the DEALER: a closed connection is a lost executor at once."""
+    refused: bool = False
+    """The peer refused our security handshake (said once in the log)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class NodeSettings:
     """Bytes held for one receiver that stopped reading before its tasks are cut off."""
     data_dir: Path | None = None
     """Where the task journal lives; None keeps tasks in memory only."""
+    mesh_key: MeshKey | None = None
+    """CURVE on every socket, admitting only holders of the same key (`zmqllm.keys`)."""
 
 
 class Node:
@@ -112,6 +117,7 @@ class Node:
         self._fatal: FatalNodeError | None = None
         self._closing = False
         self.dropped_frames = 0
+        self._authenticator: Any = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -126,12 +132,16 @@ class Node:
             if runs:
                 log.warning("%d workflow run(s) were going when this node last stopped: resume them with "
                             "zmqllm run --resume RUN_ID (zmqllm runs lists them)", runs)
-        router, bound = bind_router(self.ctx, self.settings.bind)
+        key = self.settings.mesh_key
+        if key is not None:
+            self._authenticator = key.admit(self.ctx)  # before binding: no ZAP handler admits anyone
+        router, bound = bind_router(self.ctx, self.settings.bind, key)
         self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
         self.mailer = Mailer(self.router, self._undeliverable, self.settings.send_buffer_bytes)
         self.endpoint = advertised_endpoint(bound, self.settings.advertise)
-        if not is_loopback(bound):
-            log.warning("bound %s: traffic is plaintext and unauthenticated (no CURVE yet)", bound)
+        if key is None and not is_loopback(bound):
+            log.warning("bound %s without a mesh key (allow_plaintext): traffic is plaintext and anyone who can "
+                        "reach it can use it (zmqllm keys new FILE, then mesh_key = FILE on every node)", bound)
         me = Identity(self.node_id, self.settings.name, self.endpoint, self.engine.models, self.engine.slots,
                       self.engine.ctx, self.engine.chat)
         self.table = PeerTable(me, self.settings.liveness, self.clock())
@@ -181,6 +191,8 @@ class Node:
             link.channel.close(SHUTDOWN_LINGER_MS)
         if self.router is not None:
             self.router.close(SHUTDOWN_LINGER_MS)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self.ctx.term()
         if self.journal is not None:
             self.journal.close()
@@ -253,9 +265,9 @@ class Node:
         """Open a DEALER to `endpoint` (once) and introduce ourselves."""
         if endpoint == self.endpoint or endpoint in self.links or not is_endpoint(endpoint):
             return
-        sock = connect_dealer(self.ctx, endpoint, self.node_id)
+        sock = connect_dealer(self.ctx, endpoint, self.node_id, self.settings.mesh_key)
         link = Link(endpoint, Channel(sock, lambda frames: self._on_dealer_frames(link, frames), DRAIN_BATCH))
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
         link.monitor = Channel(monitor, lambda frames: self._on_link_event(link, frames))
         self.links[endpoint] = link
         log.debug("dialing %s", endpoint)
@@ -265,7 +277,13 @@ class Node:
         """The TCP connection to a peer closed (its process died or it closed the socket): its tasks move at
         once instead of after `dead_after` silent intervals. Membership still waits for heartbeats (a
         connection can drop and come back), so this moves work, it does not declare the peer dead."""
-        if self._closing or parse_monitor_message(frames)["event"] != zmq.EVENT_DISCONNECTED:
+        event = parse_monitor_message(frames)["event"]
+        if event & HANDSHAKE_FAILED:
+            if not link.refused:  # libzmq retries every few hundred ms: say it once per link
+                link.refused = True
+                log.error("cannot join %s: %s", link.endpoint, handshake_failure(event, self.settings.mesh_key))
+            return
+        if self._closing or event != zmq.EVENT_DISCONNECTED:
             return
         peer = self.table.get(link.node_id) if self.table is not None and link.node_id else None
         if peer is not None and peer.state in ("alive", "suspect"):

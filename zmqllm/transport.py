@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import zmq
 
+from zmqllm.keys import MeshKey
 from zmqllm.protocol import MAX_MESSAGE_BYTES, batch_frame
 
 ROUTER_SEND_HWM = 1_000
@@ -51,10 +52,12 @@ def is_endpoint(text: str) -> bool:
     return port is None or port == "*" or int(port) <= 65535
 
 
-def bind_router(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, str]:
-    """Bind the node's ROUTER; port 0 or `*` picks a free port. Returns the socket and
-    the endpoint it really listens on."""
+def bind_router(ctx: zmq.Context, endpoint: str, key: MeshKey | None = None) -> tuple[zmq.Socket, str]:
+    """Bind the node's ROUTER (a CURVE server with `key`); port 0 or `*` picks a
+    free port. Returns the socket and the endpoint it really listens on."""
     sock = ctx.socket(zmq.ROUTER)
+    if key is not None:
+        key.serve(sock)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a peer reconnecting under its id takes over
     sock.setsockopt(zmq.SNDHWM, ROUTER_SEND_HWM)
@@ -69,9 +72,12 @@ def bind_router(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, str]:
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def connect_dealer(ctx: zmq.Context, endpoint: str, identity: str) -> zmq.Socket:
-    """A DEALER to one peer's ROUTER, identified by this node's id so replies route back."""
+def connect_dealer(ctx: zmq.Context, endpoint: str, identity: str, key: MeshKey | None = None) -> zmq.Socket:
+    """A DEALER to one peer's ROUTER, identified by this node's id so replies route
+    back (a CURVE client with `key`)."""
     sock = ctx.socket(zmq.DEALER)
+    if key is not None:
+        key.dial(sock)
     sock.setsockopt(zmq.ROUTING_ID, identity.encode())
     sock.setsockopt(zmq.SNDHWM, DEALER_SEND_HWM)
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * MAX_MESSAGE_BYTES)
