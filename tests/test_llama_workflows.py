@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, launch, private_env, run_cli, states, wait_until
+from zmqllm.workflow import split_text
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: bin/setup installs it")
 
@@ -80,3 +81,21 @@ def test_draft_critique_revise_stops_at_its_pattern_or_round_limit(mesh: list[Da
     assert polish["state"] == "done" and polish["ended_by"] in ("pattern", "rounds") and 1 <= polish["rounds"] <= 3
     critiques = [t for t in final["tasks"] if t["key"].endswith(".critique")]
     assert len(critiques) == polish["rounds"]
+
+
+def test_chunk_tokens_counts_with_the_orchestrating_models_tokenizer(mesh: list[Daemon], env: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    """Eight seven-digit numbers are eight words but about 60 tokens for Gemma (a token per digit): by words they
+    would fit one 20-token chunk; by the model's count they take several."""
+    numbers = " ".join(str(1_234_567 + 1_111_111 * i) for i in range(8))
+    spec = tmp_path / "numbers.toml"
+    spec.write_text('name = "numbers"\noutput = "echo"\n[defaults]\nmax_tokens = 1\ntemperature = 0.0\n'
+                    '[[steps]]\nname = "echo"\nsplit = "input"\nchunk_tokens = 20\nprompt = "{chunk}"\n'
+                    'merge = "concat"\n')
+    result = run_cli(env, "run", str(spec), "--input", numbers, "--json", "--connect", mesh[0].endpoint,
+                     "--timeout", "30", timeout=120)
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout.splitlines()[-1])
+    chunks = [t for t in final["tasks"] if t["key"].startswith("echo#")]
+    assert len(chunks) >= 3, chunks
+    assert split_text(numbers, chunk_tokens=20) == [numbers]  # what counting words would have done

@@ -143,7 +143,8 @@ class Orchestrator:
         input_text = message.get("input") or ""
         if self.node.journal is not None:
             self.node.journal.run_started(run_id, workflow.name, source, spec_text, input_text)
-        self._launch(client, run_id, workflow.name, Run(workflow, input_text), {}, resumed=False)
+        run = Run(workflow, input_text, count_tokens=self.node.engine.token_counter())
+        self._launch(client, run_id, workflow.name, run, {}, resumed=False)
 
     def _resume(self, client: bytes, run_id: str, ref: int) -> None:
         saved = self.node.journal.run(run_id) if self.node.journal is not None else None
@@ -163,7 +164,8 @@ class Orchestrator:
         records = {key: {**record, "from_journal": True} for key, (_, record) in saved["tasks"].items()}
         self.node.journal.run_started(run_id, workflow.name, saved["source"], saved["spec"], saved["input"])
         log.info("run %s: resuming with %d finished task(s) from the journal", run_id, len(done))
-        self._launch(client, run_id, workflow.name, Run(workflow, saved["input"], done=done), records, resumed=True)
+        run = Run(workflow, saved["input"], done=done, count_tokens=self.node.engine.token_counter())
+        self._launch(client, run_id, workflow.name, run, records, resumed=True)
 
     def _launch(self, client: bytes, run_id: str, name: str, run: Run, records: dict[str, dict[str, Any]],
                 resumed: bool) -> None:

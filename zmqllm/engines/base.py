@@ -116,5 +116,11 @@ class Engine(ABC):
         """Get ready to serve (load weights); raises `EngineError` with one clear
         line when it cannot. The default has nothing to load."""
 
+    def token_counter(self) -> Callable[[str], int] | None:
+        """How this engine's model counts the tokens of a text (workflow splits by
+        `chunk_tokens` use it), or None when it has no tokenizer. The counter may
+        be called on the event loop while generations run."""
+        return None
+
     async def close(self) -> None:
         """Release the model; the default holds nothing."""

@@ -21,6 +21,7 @@ become chunks through `TokenText`, exactly as in `LlamaEngine`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import concurrent.futures
 import contextlib
 import logging
@@ -39,7 +40,7 @@ from zmqllm.engines.batched_decode import (
 )
 from zmqllm.engines.bundled import advertised_name, resolve_model_path
 from zmqllm.engines.handoff import StepOutbox, TokenHandoff
-from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
+from zmqllm.engines.llama_text import chat_renderer, count_tokens, render_chat_request, tokenize_prompt
 from zmqllm.engines.sampling import TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,10 @@ class BatchedLlamaEngine(Engine):
                 self._wake.notify()
 
     # --- the event loop's side -------------------------------------------------
+
+    def token_counter(self) -> Callable[[str], int] | None:
+        llm = self._llm
+        return None if llm is None else functools.partial(count_tokens, llm)
 
     async def load(self) -> None:
         """Resolve and check the model, load it and create the batch context, all

@@ -28,6 +28,7 @@ it ends in a partial UTF-8 character or a possible stop prefix) is
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import logging
 import threading
@@ -49,7 +50,7 @@ from zmqllm.engines.base import (
 from zmqllm.engines.bundled import advertised_name, resolve_model_path
 from zmqllm.engines.llama_log import collect_load_errors, install_quiet_logging
 from zmqllm.engines.handoff import TokenHandoff
-from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
+from zmqllm.engines.llama_text import chat_renderer, count_tokens, render_chat_request, tokenize_prompt
 from zmqllm.engines.sampling import Sampling, TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,10 @@ class LlamaEngine(Engine):
     @property
     def loaded(self) -> bool:
         return self._llm is not None
+
+    def token_counter(self) -> Callable[[str], int] | None:
+        llm = self._llm
+        return None if llm is None else functools.partial(count_tokens, llm)
 
     async def load(self) -> None:
         """Resolve the model (assembling a bundled one on first use), check it is

@@ -65,3 +65,9 @@ def render_chat_request(render: ChatRenderer | None, model: str, request: Genera
     except Exception as exc:  # a template that raises on these messages
         raise EngineError("bad_request", f"chat template failed: {exc}") from None
     return dataclasses.replace(request, prompt=prompt, messages=(), stop=request.stop + template_stops)
+
+
+def count_tokens(llm: Any, text: str) -> int:
+    """Tokens of `text` as a prompt continuation (no BOS). llama_tokenize only
+    reads the vocabulary, so this is safe beside a running decode."""
+    return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
