@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, run_cli, wait_until
+from zmqllm import keys
+from zmqllm.client import Client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,9 +80,10 @@ def test_holders_mesh_and_run_llama_tasks_others_are_refused_with_the_reason(
 
 def test_key_files_are_private_never_overwritten_and_bad_ones_are_named(
         spawn: Callable[..., Daemon], zmqllm_env: dict[str, str], tmp_path: Path) -> None:
-    path = tmp_path / "mesh.key"
+    path = tmp_path / "config" / "zmqllm" / "mesh.key"  # folders made as needed, private
     made = run_cli(zmqllm_env, "keys", "new", str(path))
     assert made.returncode == 0 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
     first = made.stdout.splitlines()[0]  # wrote PATH (public key KEY); Z85 keys may hold ")"
     public = first[first.index("public key ") + len("public key "):-1]
     assert len(public) == 40
@@ -98,3 +101,23 @@ def test_key_files_are_private_never_overwritten_and_bad_ones_are_named(
         assert daemon.returncode == 2 and f"mesh key {bad}: {why}" in daemon.stderr, daemon.stderr
         client = run_cli(zmqllm_env, "--mesh-key", str(bad), "peers")
         assert client.returncode == 2 and f"mesh key {bad}: {why}" in client.stderr, client.stderr
+
+
+def test_a_wildcard_bind_advertises_an_address_other_machines_can_dial(
+        spawn: Callable[..., Daemon], zmqllm_env: dict[str, str], tmp_path: Path) -> None:
+    """Not the host name's address: Debian-style /etc/hosts maps it to 127.0.1.1, which gossip would hand to
+    every peer. The default route's source address, where the machine has one."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ip") is None:
+        pytest.skip("needs iproute2's ip to list this machine's addresses")
+    key = new_key(zmqllm_env, tmp_path / "mesh.key")
+    node = spawn("w", "--bind", "tcp://0.0.0.0:0", "--mesh-key", key)
+    host = node.endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+    mine = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    has_route = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True).stdout
+    if has_route.strip():
+        assert not host.startswith("127.") and f" {host}/" in mine, (host, mine)
+    with Client(node.endpoint, 5, keys.load(key)) as client:  # and it serves there
+        assert client.status()["name"] == "w"

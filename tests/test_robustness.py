@@ -129,14 +129,17 @@ def test_config_file_flags_and_env_combine(spawn, zmqllm_env, tmp_path):
     assert status["name"] == "from-flag" and status["slots"] == 5  # flag > env > file
 
 
-def test_up_starts_a_mesh_clients_find_it_and_ctrl_c_leaves_no_daemon(zmqllm_env):
+def test_up_starts_a_mesh_clients_find_it_and_ctrl_c_leaves_no_daemon(zmqllm_env, tmp_path):
     import signal
     import subprocess
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "zmqllm", "up", "--nodes", "3", "--engine", "echo", "--json",
-                             "--heartbeat-interval", "0.2"], env=zmqllm_env, stdout=subprocess.PIPE, text=True)
+    (tmp_path / "zmqllm").mkdir()  # run from a folder holding one named zmqllm (a checkout's parent): its
+    # daemons must still import the installed package, not that folder
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "zmqllm", "up", "--nodes", "3", "--engine", "echo", "--json",
+                             "--heartbeat-interval", "0.2"], env=zmqllm_env, stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
     try:
         assert proc.stdout is not None
         records = []

@@ -114,7 +114,7 @@ def _start_daemon(name: str, home: str, *extra: str) -> tuple[subprocess.Popen[s
     """A daemon (echo at unlimited rate unless `extra` says otherwise) and its endpoint."""
     import json
 
-    argv = [sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", "tcp://127.0.0.1:0",
+    argv = [sys.executable, "-P", "-m", "zmqllm", "daemon", "--name", name, "--bind", "tcp://127.0.0.1:0",
             "--engine", "echo", "--echo-rate", "0", "--json", "--log-level", "warning", *extra]
     env = dict(os.environ, ZMQLLM_HOME=home)
     deadline = time.monotonic() + _READY_TIMEOUT_S

@@ -386,8 +386,8 @@ def _validate(c: NodeConfig, source) -> None:
         if not is_loopback(c.bind):  # secure by default off this machine
             raise ConfigError(f"{source('bind')}: {c.bind} is reachable from other machines, and no mesh_key is "
                               "set: make one (zmqllm keys new FILE), give every machine of the mesh the same file "
-                              "(mesh_key, or ZMQLLM_MESH_KEY), or set allow_plaintext = true to run the mesh "
-                              "unencrypted and open to anyone who can reach it")
+                              "(mesh_key, --mesh-key or ZMQLLM_MESH_KEY), or set allow_plaintext = true "
+                              "(--allow-plaintext) to run the mesh unencrypted and open to anyone who can reach it")
     if c.engine == "llama" and c.model is None:
         raise ConfigError(f"{source('engine')}: key 'model' is required when engine is "
                           f"'llama' (a GGUF path or '{BUNDLED_MODEL}')")

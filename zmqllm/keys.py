@@ -88,9 +88,10 @@ def handshake_failure(event: int, key: MeshKey | None) -> str:
     mechanism mismatch can also end as a failure without detail when the other
     side hangs up first."""
     if key is None:
-        return "it has a mesh key and this side has none (set mesh_key, or ZMQLLM_MESH_KEY for clients)"
+        return ("it has a mesh key and this side has none (daemons: mesh_key or --mesh-key; clients: "
+                "ZMQLLM_MESH_KEY or zmqllm --mesh-key FILE COMMAND)")
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        return "it has no mesh key, and this side has one"
+        return f"it has no mesh key and this side has one ({key.path}): give it the same key file"
     return "its mesh key is not this side's (copy the same key file to every machine)"
 
 
@@ -99,6 +100,10 @@ def create(path: str | os.PathLike[str]) -> MeshKey:
     target = Path(path).expanduser()
     if target.exists():
         raise KeyFileError(f"{target} already exists: not overwriting a mesh key (remove it first)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {target.parent}: {exc.strerror}") from None
     if not target.parent.is_dir():
         raise KeyFileError(f"{target.parent} is not a directory")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:

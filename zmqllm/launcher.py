@@ -89,7 +89,10 @@ def _pump(child: Child, log: TextIO) -> None:
 
 def _start(name: str, args: list[str], log_dir: Path) -> Child:
     log_path = log_dir / f"{name}.log"
-    argv = [sys.executable, "-m", "zmqllm", "daemon", "--name", name, "--bind", "tcp://127.0.0.1:0", "--json", *args]
+    # -P: not the current directory first on sys.path, where a folder named zmqllm (a checkout) would shadow
+    # the installed package
+    argv = [sys.executable, "-P", "-m", "zmqllm", "daemon", "--name", name, "--bind", "tcp://127.0.0.1:0", "--json",
+            *args]
     env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                             text=True, start_new_session=True, env=env)

@@ -139,6 +139,9 @@ class Node:
         self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
         self.mailer = Mailer(self.router, self._undeliverable, self.settings.send_buffer_bytes)
         self.endpoint = advertised_endpoint(bound, self.settings.advertise)
+        if not is_loopback(bound) and is_loopback(self.endpoint):
+            log.warning("bound %s but advertising %s, which other machines cannot dial: set advertise to this "
+                        "machine's address", bound, self.endpoint)
         if key is None and not is_loopback(bound):
             log.warning("bound %s without a mesh key (allow_plaintext): traffic is plaintext and anyone who can "
                         "reach it can use it (zmqllm keys new FILE, then mesh_key = FILE on every node)", bound)

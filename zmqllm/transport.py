@@ -8,6 +8,7 @@ messages for unknown or full peers without a word.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import re
 import socket
@@ -291,11 +292,22 @@ def advertised_endpoint(bound: str, advertise: str | None) -> str:
     match = re.match(r"^tcp://(0\.0\.0\.0|\*|\[::\]):(\d+)$", bound)
     if match is None:
         return bound
+    return f"tcp://{machine_address()}:{match.group(2)}"
+
+
+def machine_address() -> str:
+    """This machine's address as other machines see it: the source address of its
+    default route, else what its host name resolves to, else loopback. The name
+    alone is not enough: Debian-style /etc/hosts maps it to 127.0.1.1."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # a UDP connect only picks a route: nothing is sent
+        host = probe.getsockname()[0]
+        if not host.startswith("127.") and host != "0.0.0.0":
+            return str(host)
     try:
-        host = socket.gethostbyname(socket.gethostname())
+        return socket.gethostbyname(socket.gethostname())
     except OSError:
-        host = "127.0.0.1"
-    return f"tcp://{host}:{match.group(2)}"
+        return "127.0.0.1"
 
 
 def is_loopback(endpoint: str) -> bool:
