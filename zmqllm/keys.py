@@ -87,9 +87,9 @@ def handshake_failure(event: int, key: MeshKey | None) -> str:
     """Why a handshake failed, for a user. Only this side's key is certain: a
     mechanism mismatch can also end as a failure without detail when the other
     side hangs up first."""
-    if key is None:
+    if key is None:  # or something else than a zmqllm node answers there (an SSH server's banner, say)
         return ("it has a mesh key and this side has none (daemons: mesh_key or --mesh-key; clients: "
-                "ZMQLLM_MESH_KEY or zmqllm --mesh-key FILE COMMAND)")
+                "ZMQLLM_MESH_KEY or zmqllm --mesh-key FILE COMMAND), unless it is not a zmqllm node at all")
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         return f"it has no mesh key and this side has one ({key.path}): give it the same key file"
     return "its mesh key is not this side's (copy the same key file to every machine)"

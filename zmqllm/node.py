@@ -28,9 +28,9 @@ from zmqllm.engines.base import Engine
 from zmqllm.events import FLUSH_INTERVAL_S, EventHub
 from zmqllm.executor import Executor
 from zmqllm.journal import CHECKPOINT_INTERVAL_S, Journal
+from zmqllm.keys import HANDSHAKE_FAILED, MeshKey, handshake_failure
 from zmqllm.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
 from zmqllm.orchestrator import Orchestrator
-from zmqllm.keys import HANDSHAKE_FAILED, MeshKey, handshake_failure
 from zmqllm.origin import Origin
 from zmqllm.protocol import Message, ProtocolError
 from zmqllm.remote import RemoteTasks

@@ -15,11 +15,14 @@ time, and each wake-up takes CPU from llama.cpp's threads).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from zmqllm.engines.base import Emit, TokenChunk
+
+log = logging.getLogger(__name__)
 
 Call = tuple[Callable[[Any], None], Any, Callable[[], None] | None]
 """A call for the loop: function, argument, and what to do instead when the loop is closed."""
@@ -50,7 +53,10 @@ class StepOutbox:
 
 def _run_all(batch: list[Call]) -> None:
     for fn, arg, _ in batch:
-        fn(arg)
+        try:
+            fn(arg)
+        except Exception:  # one failing call must not drop the others (their requests would hang)
+            log.exception("a call handed over from an engine worker failed")
 
 
 class TokenHandoff:
