@@ -66,6 +66,9 @@ def test_holders_mesh_and_run_llama_tasks_others_are_refused_with_the_reason(
     assert final["type"] == "done" and final["executed_by"] == "b" and final["usage"]["completion_tokens"] == 8
 
     wait_until(lambda: any("cannot join" in line for line in c.log_lines + d.log_lines), 10, what="refusals")
+    wait_until(lambda: any("refused" in line and "at the security handshake" in line for line in a.log_lines), 10,
+               what="a to say it refused someone")
+    assert any("without this mesh's key, or with another" in line for line in a.log_lines), a.log()
     assert any("its mesh key is not this side's" in line for line in c.log_lines), c.log()
     assert any("has a mesh key and this side has none" in line for line in d.log_lines), d.log()
     assert peer_names(zmqllm_env, a.endpoint, key) == {"a", "b"}  # still: neither got in

@@ -54,6 +54,8 @@ DRAIN_BATCH = 256
 LIVENESS_CHECKS_PER_INTERVAL = 4
 """Liveness is checked this many times per heartbeat interval, so a silent peer is
 declared dead within a quarter interval of its deadline, not a whole one."""
+REFUSED_LOG_INTERVAL_S = 60.0
+"""Refused incoming handshakes are logged at once, then at most this often (with their count)."""
 
 
 class FatalNodeError(Exception):
@@ -118,6 +120,10 @@ class Node:
         self._closing = False
         self.dropped_frames = 0
         self._authenticator: Any = None
+        self._router_monitor: Channel | None = None
+        self.refused_handshakes = 0
+        """Incoming connections that failed the security handshake (mesh keys that differ)."""
+        self._refusals_said = (0, float("-inf"))  # count and clock at the last log line about them
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -137,6 +143,7 @@ class Node:
             self._authenticator = key.admit(self.ctx)  # before binding: no ZAP handler admits anyone
         router, bound = bind_router(self.ctx, self.settings.bind, key)
         self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
+        self._router_monitor = Channel(router.get_monitor_socket(HANDSHAKE_FAILED), self._on_refused_handshake)
         self.mailer = Mailer(self.router, self._undeliverable, self.settings.send_buffer_bytes)
         self.endpoint = advertised_endpoint(bound, self.settings.advertise)
         if not is_loopback(bound) and is_loopback(self.endpoint):
@@ -192,6 +199,9 @@ class Node:
                 link.channel.socket.disable_monitor()
                 link.monitor.close()
             link.channel.close(SHUTDOWN_LINGER_MS)
+        if self._router_monitor is not None and self.router is not None:
+            self.router.socket.disable_monitor()
+            self._router_monitor.close()
         if self.router is not None:
             self.router.close(SHUTDOWN_LINGER_MS)
         if self._authenticator is not None:
@@ -292,6 +302,20 @@ class Node:
         if peer is not None and peer.state in ("alive", "suspect"):
             log.info("connection to %s (%s) closed", peer.name, link.endpoint)
             self.origin.executor_lost(peer.node_id, peer.name, "unreachable (connection closed)")
+
+    def _on_refused_handshake(self, frames: list[bytes]) -> None:
+        """Someone dialled this node with another mesh key or none (libzmq retries every few hundred ms, so
+        this is said at once, then at most every REFUSED_LOG_INTERVAL_S with the count). libzmq gives no
+        peer address for a failed handshake."""
+        self.refused_handshakes += 1
+        said, at = self._refusals_said
+        now = self.clock()
+        if now - at < REFUSED_LOG_INTERVAL_S:
+            return
+        self._refusals_said = (self.refused_handshakes, now)
+        who = ("a process without this mesh's key, or with another" if self.settings.mesh_key is not None else
+               "a process with a mesh key, which this node has not (or not a zmqllm process)")
+        log.warning("refused %d connection(s) at the security handshake: %s", self.refused_handshakes - said, who)
 
     def _say_hello(self, link: Link) -> None:
         hello = self.message("HELLO", **self.identity().as_fields())
