@@ -21,26 +21,26 @@ become chunks through `TokenText`, exactly as in `LlamaEngine`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from zmqllm.engines.base import (
-    Emit, Engine, EngineError, FinishReason, GenerationRequest, GenerationResult,
+    Emit, EngineError, FinishReason, GenerationRequest, GenerationResult,
 )
 from zmqllm.engines.batched_decode import (
     BatchContext, Generation, Job, SamplerChain, Sequence, SlotEvent, SlotState, check_fits, load_model, plan_step,
 )
-from zmqllm.engines.bundled import advertised_name, resolve_model_path
+from zmqllm.engines.bundled import resolve_model_path
 from zmqllm.engines.handoff import StepOutbox, TokenHandoff
-from zmqllm.engines.llama_text import chat_renderer, count_tokens, render_chat_request, tokenize_prompt
+from zmqllm.engines.llama_base import LlamaModelEngine
+from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
 from zmqllm.engines.sampling import TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ TRACE_EVENTS = 256
 """Slot events kept for `trace()` (the oldest are dropped)."""
 
 
-class BatchedLlamaEngine(Engine):
+class BatchedLlamaEngine(LlamaModelEngine):
     """A llama-cpp-python model serving `slots` requests at once. Construct, then
     `await load()` (or `await BatchedLlamaEngine.open(**settings)`), then
     `generate` (concurrently), then `close`. `n_ctx` is the context per slot.
@@ -67,21 +67,11 @@ class BatchedLlamaEngine(Engine):
         if not 1 <= slots < n_batch or prefill_chunk < 1:
             raise ValueError(f"need 1 <= slots < n_batch (a step holds a token of every slot) and prefill_chunk >= 1; "
                              f"got slots={slots}, n_batch={n_batch}, prefill_chunk={prefill_chunk}")
-        self.spec = model
-        self.cache_dir = Path(cache_dir).expanduser()
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.n_gpu_layers = n_gpu_layers
-        self.n_batch = n_batch
-        self.flash_attn = flash_attn
-        self.chat_format = chat_format
-        self.verbose = verbose
+        super().__init__(model=model, model_name=model_name, cache_dir=cache_dir, n_ctx=n_ctx, n_threads=n_threads,
+                         n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
+                         chat_format=chat_format, verbose=verbose)
         self.slots = slots
         self.prefill_chunk = prefill_chunk
-        self.models = (advertised_name(model, model_name),)
-        self.ctx = n_ctx
-        self.model_path: Path | None = None
-        self.load_s = 0.0
         self.steps = 0  # decode steps run so far
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -96,13 +86,11 @@ class BatchedLlamaEngine(Engine):
         self._thread: threading.Thread | None = None
         self._outbox = StepOutbox()  # the worker's; flushed at the end of every loop turn
         # owned by the worker thread once loaded
-        self._llm: Any = None
         self._lc: Any = None
         self._batch_ctx: BatchContext | None = None
         self._ctx_limit = 0
         self._vocab: Any = None
         self._n_vocab = 0
-        self._render_chat: Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]] | None = None
 
     # --- observability (any thread) --------------------------------------------
 
@@ -155,10 +143,6 @@ class BatchedLlamaEngine(Engine):
                 self._wake.notify()
 
     # --- the event loop's side -------------------------------------------------
-
-    def token_counter(self) -> Callable[[str], int] | None:
-        llm = self._llm
-        return None if llm is None else functools.partial(count_tokens, llm)
 
     async def load(self) -> None:
         """Resolve and check the model, load it and create the batch context, all

@@ -28,7 +28,6 @@ it ends in a partial UTF-8 character or a possible stop prefix) is
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
 import logging
 import threading
@@ -40,17 +39,17 @@ from typing import Any
 
 from zmqllm.engines.base import (
     Emit,
-    Engine,
     EngineError,
     FinishReason,
     GenerationRequest,
     GenerationResult,
     TokenChunk,
 )
-from zmqllm.engines.bundled import advertised_name, resolve_model_path
+from zmqllm.engines.bundled import resolve_model_path
 from zmqllm.engines.llama_log import collect_load_errors, install_quiet_logging
 from zmqllm.engines.handoff import TokenHandoff
-from zmqllm.engines.llama_text import chat_renderer, count_tokens, render_chat_request, tokenize_prompt
+from zmqllm.engines.llama_base import LlamaModelEngine
+from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
 from zmqllm.engines.sampling import Sampling, TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def check_gguf(path: Path) -> None:
 # --- the engine -----------------------------------------------------------------
 
 
-class LlamaEngine(Engine):
+class LlamaEngine(LlamaModelEngine):
     """A llama-cpp-python model. Construct, then `await load()` (or use
     `await LlamaEngine.open(**settings)`), then `generate`, then `close`."""
 
@@ -102,26 +101,14 @@ class LlamaEngine(Engine):
         chat_format: str | None = None,
         verbose: bool = False,
     ) -> None:
-        self.spec = model
-        self.cache_dir = Path(cache_dir).expanduser()
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.n_gpu_layers = n_gpu_layers
-        self.n_batch = n_batch
-        self.flash_attn = flash_attn
-        self.chat_format = chat_format
-        self.verbose = verbose
-        self.models = (advertised_name(model, model_name),)
-        self.ctx = n_ctx
-        self._render_chat: Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]] | None = None
-        self.model_path: Path | None = None
-        self.load_s: float = 0.0
+        super().__init__(model=model, model_name=model_name, cache_dir=cache_dir, n_ctx=n_ctx, n_threads=n_threads,
+                         n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
+                         chat_format=chat_format, verbose=verbose)
         # Figures of the last finished generation.
         self.last_tok_s: float = 0.0  # decode rate: tokens after the first / their time
         self.last_ttft_s: float = 0.0  # worker start -> first token sampled
         self.last_prompt_tokens: int = 0
         self.last_completion_tokens: int = 0
-        self._llm: Any = None
         self._llama_cpp: Any = None
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqllm-llama")
@@ -129,10 +116,6 @@ class LlamaEngine(Engine):
     @property
     def loaded(self) -> bool:
         return self._llm is not None
-
-    def token_counter(self) -> Callable[[str], int] | None:
-        llm = self._llm
-        return None if llm is None else functools.partial(count_tokens, llm)
 
     async def load(self) -> None:
         """Resolve the model (assembling a bundled one on first use), check it is
