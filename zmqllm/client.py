@@ -22,13 +22,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from zmqllm import keys, protocol
 from zmqllm.events import LEASE_S
 from zmqllm.keys import MeshKey
 from zmqllm.protocol import Message, ProtocolError
-from zmqllm.transport import Channel, Sent
+from zmqllm.transport import Channel, Monitor, Sent
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_TOKENS = 128
@@ -79,7 +78,7 @@ class AsyncClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self.mesh_key = mesh_key
-        self._monitor: Channel | None = None
+        self._monitor: Monitor | None = None
         self._refused = ""  # why the node refused our handshake, once it has
         self.client_id = "client-" + secrets.token_hex(4)
         self._ctx: zmq.Context | None = None
@@ -99,16 +98,15 @@ class AsyncClient:
         sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())  # nodes (and their traces) name us by it
         if key is not None:
             key.dial(sock)
-        self._monitor = Channel(sock.get_monitor_socket(keys.HANDSHAKE_FAILED),
-                                lambda frames: self._on_handshake_failed(frames, key))
+        self._monitor = Monitor(sock, keys.HANDSHAKE_FAILED, lambda event: self._on_handshake_failed(event, key))
         sock.connect(self.endpoint)
         self._channel = Channel(sock, self._on_frames)
         return self
 
-    def _on_handshake_failed(self, frames: list[bytes], key: MeshKey | None) -> None:
+    def _on_handshake_failed(self, event: int, key: MeshKey | None) -> None:
         """The node turned down our security handshake: it never will accept, so
         waiting requests fail now with the reason instead of at their timeout."""
-        self._refused = keys.handshake_failure(parse_monitor_message(frames)["event"], key)
+        self._refused = keys.handshake_failure(event, key)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(MeshUnreachable(self.endpoint, self.timeout, self._refused))
@@ -120,8 +118,6 @@ class AsyncClient:
 
     async def close(self) -> None:
         if self._monitor is not None:
-            if self._channel is not None:
-                self._channel.socket.disable_monitor()
             self._monitor.close()
             self._monitor = None
         if self._channel is not None:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from zmqllm import __version__, protocol
 from zmqllm.engines.base import Engine
@@ -39,6 +38,7 @@ from zmqllm.transport import (
     SHUTDOWN_LINGER_MS,
     Channel,
     Mailer,
+    Monitor,
     Sent,
     advertised_endpoint,
     bind_router,
@@ -69,7 +69,7 @@ class Link:
     endpoint: str
     channel: Channel
     node_id: str | None = None
-    monitor: Channel | None = None
+    monitor: Monitor | None = None
     """Connection events of the DEALER: a closed connection is a lost executor at once."""
     refused: bool = False
     """The peer refused our security handshake (said once in the log)."""
@@ -120,7 +120,7 @@ class Node:
         self._closing = False
         self.dropped_frames = 0
         self._authenticator: Any = None
-        self._router_monitor: Channel | None = None
+        self._router_monitor: Monitor | None = None
         self.refused_handshakes = 0
         """Incoming connections that failed the security handshake (mesh keys that differ)."""
         self._refusals_said = (0, float("-inf"))  # count and clock at the last log line about them
@@ -143,7 +143,7 @@ class Node:
             self._authenticator = key.admit(self.ctx)  # before binding: no ZAP handler admits anyone
         router, bound = bind_router(self.ctx, self.settings.bind, key)
         self.router = Channel(router, self._on_router_frames, DRAIN_BATCH)
-        self._router_monitor = Channel(router.get_monitor_socket(HANDSHAKE_FAILED), self._on_refused_handshake)
+        self._router_monitor = Monitor(router, HANDSHAKE_FAILED, self._on_refused_handshake)
         self.mailer = Mailer(self.router, self._undeliverable, self.settings.send_buffer_bytes)
         self.endpoint = advertised_endpoint(bound, self.settings.advertise)
         if not is_loopback(bound) and is_loopback(self.endpoint):
@@ -196,11 +196,9 @@ class Node:
             self.mailer.flush()
         for link in self.links.values():
             if link.monitor is not None:
-                link.channel.socket.disable_monitor()
                 link.monitor.close()
             link.channel.close(SHUTDOWN_LINGER_MS)
-        if self._router_monitor is not None and self.router is not None:
-            self.router.socket.disable_monitor()
+        if self._router_monitor is not None:
             self._router_monitor.close()
         if self.router is not None:
             self.router.close(SHUTDOWN_LINGER_MS)
@@ -280,17 +278,16 @@ class Node:
             return
         sock = connect_dealer(self.ctx, endpoint, self.node_id, self.settings.mesh_key)
         link = Link(endpoint, Channel(sock, lambda frames: self._on_dealer_frames(link, frames), DRAIN_BATCH))
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
-        link.monitor = Channel(monitor, lambda frames: self._on_link_event(link, frames))
+        link.monitor = Monitor(sock, zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED,
+                               lambda event: self._on_link_event(link, event))
         self.links[endpoint] = link
         log.debug("dialing %s", endpoint)
         self._say_hello(link)
 
-    def _on_link_event(self, link: Link, frames: list[bytes]) -> None:
+    def _on_link_event(self, link: Link, event: int) -> None:
         """The TCP connection to a peer closed (its process died or it closed the socket): its tasks move at
         once instead of after `dead_after` silent intervals. Membership still waits for heartbeats (a
         connection can drop and come back), so this moves work, it does not declare the peer dead."""
-        event = parse_monitor_message(frames)["event"]
         if event & HANDSHAKE_FAILED:
             if not link.refused:  # libzmq retries every few hundred ms: say it once per link
                 link.refused = True
@@ -303,7 +300,7 @@ class Node:
             log.info("connection to %s (%s) closed", peer.name, link.endpoint)
             self.origin.executor_lost(peer.node_id, peer.name, "unreachable (connection closed)")
 
-    def _on_refused_handshake(self, frames: list[bytes]) -> None:
+    def _on_refused_handshake(self, event: int) -> None:
         """Someone dialled this node with another mesh key or none (libzmq retries every few hundred ms, so
         this is said at once, then at most every REFUSED_LOG_INTERVAL_S with the count). libzmq gives no
         peer address for a failed handshake."""

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from zmqllm.keys import MeshKey
 from zmqllm.protocol import MAX_MESSAGE_BYTES, batch_frame
@@ -42,6 +43,20 @@ class Sent(enum.Enum):
     OK = "ok"
     FULL = "full"  # the receiver is not reading: its queue is at the high-water mark
     UNREACHABLE = "unreachable"  # no such connection (peer or client gone)
+
+
+class Monitor:
+    """A socket's connection events (the `zmq.EVENT_*` bits in `events`), each handed to `handle` on the
+    loop as its event number. Close it before the socket it watches."""
+
+    def __init__(self, sock: zmq.Socket, events: int, handle: Callable[[int], None]) -> None:
+        self._watched = sock
+        self._channel = Channel(sock.get_monitor_socket(events),
+                                lambda frames: handle(parse_monitor_message(frames)["event"]))
+
+    def close(self) -> None:
+        self._watched.disable_monitor()
+        self._channel.close()
 
 
 def is_endpoint(text: str) -> bool:
