@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 
 import msgpack
@@ -223,3 +224,29 @@ def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(spawn):
     with a.client() as client:
         result = client._loop.run_until_complete(client._async.request("GET_RESULT", task_id="flood"))
     assert result["task"]["state"] == "failed" and result["task"]["error"]["code"] == "slow_client", result
+
+
+def test_ctrl_c_in_a_benchmark_exits_130_and_leaves_no_daemon(zmqllm_env):
+    import signal
+    import subprocess
+    import sys
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+        return found
+
+    proc = subprocess.Popen([sys.executable, "-m", "zmqllm", "bench", "failover"], env=zmqllm_env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        daemons = wait_until(lambda: children(proc.pid), 30, interval=0.05, what="the benchmark's daemons")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "bench: interrupted" in err, err
+        wait_until(lambda: all(process_gone(pid) for pid in daemons), 10, what="its daemons to be gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

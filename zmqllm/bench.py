@@ -10,6 +10,7 @@ from day to day; only the ratio of the same run means anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -110,8 +112,10 @@ def _raw_run(tokens: int) -> float:
 
 # -- the mesh: two real daemons --------------------------------------------------------------
 
-def _start_daemon(name: str, home: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    """A daemon (echo at unlimited rate unless `extra` says otherwise) and its endpoint."""
+def _start_daemon(name: str, home: str, *extra: str, started: list[subprocess.Popen[str]]) -> tuple[
+        subprocess.Popen[str], str]:
+    """A daemon (echo at unlimited rate unless `extra` says otherwise) and its endpoint. It joins `started`
+    as soon as it exists, so one interrupted while it starts is stopped with the others."""
     import json
 
     argv = [sys.executable, "-P", "-m", "zmqllm", "daemon", "--name", name, "--bind", "tcp://127.0.0.1:0",
@@ -119,20 +123,35 @@ def _start_daemon(name: str, home: str, *extra: str) -> tuple[subprocess.Popen[s
     env = dict(os.environ, ZMQLLM_HOME=home)
     deadline = time.monotonic() + _READY_TIMEOUT_S
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    started.append(proc)
     assert proc.stderr is not None
     for line in proc.stderr:
         if '"event": "ready"' in line:
             return proc, json.loads(line)["endpoint"]
         if time.monotonic() > deadline:
             break
-    proc.kill()
     raise RuntimeError(f"daemon {name} did not start")
 
 
+@contextlib.contextmanager
+def daemons(home: str) -> Iterator[Callable[..., tuple[subprocess.Popen[str], str]]]:
+    """`start(name, *extra)` launches a daemon with its data under `home` and returns it and its
+    endpoint; every daemon started is stopped and reaped when the block is left, however it is left
+    (Ctrl-C included, and while a daemon is still starting)."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        yield lambda name, *extra: _start_daemon(name, home, *extra, started=procs)
+    finally:
+        stop_daemons(procs)
+
+
 def stop_daemons(procs: list[subprocess.Popen[str]], timeout_s: float = 30.0) -> None:
-    """SIGTERM every daemon, then reap each (SIGKILL past `timeout_s`) and close its log pipe."""
+    """SIGTERM every daemon (and SIGCONT, for one a failover run left frozen), then reap each (SIGKILL
+    past `timeout_s`) and close its log pipe."""
     for proc in procs:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.send_signal(signal.SIGCONT)
     for proc in procs:
         try:
             proc.wait(timeout_s)
@@ -161,14 +180,11 @@ async def _mesh_run(origin: str, tokens: int) -> float:
 def run_messaging(tokens: int, runs: int) -> dict[str, Any]:
     """Median tokens/s of mesh and raw, same run, and their ratio."""
     raw = [_raw_run(tokens) for _ in range(runs)]
-    with tempfile.TemporaryDirectory() as home:
-        a, a_endpoint = _start_daemon("a", home, "--log-level", "warning")
-        b, _ = _start_daemon("b", home, "--peer", a_endpoint)
-        try:
-            asyncio.run(_wait_for_peer(a_endpoint, "b"))
-            mesh = [asyncio.run(_mesh_run(a_endpoint, tokens)) for _ in range(runs)]
-        finally:
-            stop_daemons([b, a])
+    with tempfile.TemporaryDirectory() as home, daemons(home) as start:
+        _, a_endpoint = start("a", "--log-level", "warning")
+        start("b", "--peer", a_endpoint)
+        asyncio.run(_wait_for_peer(a_endpoint, "b"))
+        mesh = [asyncio.run(_mesh_run(a_endpoint, tokens)) for _ in range(runs)]
     raw_median, mesh_median = statistics.median(raw), statistics.median(mesh)
     ratio = mesh_median / raw_median
     return {
@@ -235,10 +251,10 @@ def run_overhead(tokens: int, runs: int, threads: int, model: str = "bundled:gem
     prompt = "Once upon a time, in a small village by the sea,"
     path = resolve_model_path(model, cache_dir() / "models")
     name = advertised_name(model, None)
-    with tempfile.TemporaryDirectory() as home:
-        a, a_endpoint = _start_daemon("a", home)
-        b, _ = _start_daemon("b", home, "--peer", a_endpoint, "--engine", "llama", "--model", str(path),
-                             "--model-name", name, "--threads", str(threads))
+    with tempfile.TemporaryDirectory() as home, daemons(home) as start:
+        _, a_endpoint = start("a")
+        start("b", "--peer", a_endpoint, "--engine", "llama", "--model", str(path), "--model-name", name,
+              "--threads", str(threads))
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
                               verbose=False)
         raw, mesh = [], []
@@ -251,7 +267,6 @@ def run_overhead(tokens: int, runs: int, threads: int, model: str = "bundled:gem
                 mesh.append(asyncio.run(_mesh_llama_run(a_endpoint, name, prompt, tokens)))
         finally:
             llm.close()
-            stop_daemons([b, a])
     raw_rate, mesh_rate = statistics.median(r[1] for r in raw), statistics.median(m[1] for m in mesh)
     raw_ttft, mesh_ttft = statistics.median(r[0] for r in raw), statistics.median(m[0] for m in mesh)
     ratio = mesh_rate / raw_rate
@@ -299,19 +314,14 @@ async def _killed_stream(origin: str, victim: subprocess.Popen[str], kill_at: in
 
 def _failover_series(runs: int, heartbeat: float, freeze: bool) -> list[float]:
     args = ("--echo-rate", "100", "--heartbeat-interval", str(heartbeat))
-    with tempfile.TemporaryDirectory() as home:
-        a, a_endpoint = _start_daemon("a", home, *args)
-        c, _ = _start_daemon("c", home, "--peer", a_endpoint, *args)
-        procs = [a, c]
-        delays = []
-        try:
-            for _ in range(runs):
-                b, b_endpoint = _start_daemon("b", home, "--peer", a_endpoint, *args)
-                procs.append(b)
-                asyncio.run(_wait_for_peer(a_endpoint, "b"))
-                delays.append(asyncio.run(_killed_stream(a_endpoint, b, kill_at=10, freeze=freeze)))
-        finally:
-            stop_daemons(procs)
+    delays = []
+    with tempfile.TemporaryDirectory() as home, daemons(home) as start:
+        _, a_endpoint = start("a", *args)
+        start("c", "--peer", a_endpoint, *args)
+        for _ in range(runs):
+            b, _ = start("b", "--peer", a_endpoint, *args)
+            asyncio.run(_wait_for_peer(a_endpoint, "b"))
+            delays.append(asyncio.run(_killed_stream(a_endpoint, b, kill_at=10, freeze=freeze)))
     return delays
 
 

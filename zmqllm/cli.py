@@ -421,32 +421,35 @@ def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, 
                key-to-screen latency p50/p95, and a daemon's tok/s with vs
                without a dashboard attached.
     """
-    import os
 
     from zmqllm import bench as benchmarks
 
-    if what == "messaging":
-        report = benchmarks.run_messaging(tokens=tokens or 20_000, runs=runs or 5)
-    elif what == "failover":
-        report = benchmarks.run_failover(runs=max(runs or 10, 10))
-    elif what == "concurrency":
-        from zmqllm import concurrency_bench
+    try:
+        if what == "messaging":
+            report = benchmarks.run_messaging(tokens=tokens or 20_000, runs=runs or 5)
+        elif what == "failover":
+            report = benchmarks.run_failover(runs=max(runs or 10, 10))
+        elif what == "concurrency":
+            from zmqllm import concurrency_bench
 
-        report = concurrency_bench.run_concurrency(runs=runs or 3, threads=threads or 2,
-                                                   llama_server=llama_server, build=not no_build,
-                                                   gpu_layers=gpu_layers,
-                                                   progress=lambda line: click.echo(f"bench: {line}", err=True))
-    elif what == "workflow":
-        from zmqllm import workflow_bench
+            report = concurrency_bench.run_concurrency(runs=runs or 3, threads=threads or 2,
+                                                       llama_server=llama_server, build=not no_build,
+                                                       gpu_layers=gpu_layers,
+                                                       progress=lambda line: click.echo(f"bench: {line}", err=True))
+        elif what == "workflow":
+            from zmqllm import workflow_bench
 
-        report = workflow_bench.run_workflow(runs=runs or 3, threads=threads or 1)
-    elif what == "dash":
-        from zmqllm import dashbench
+            report = workflow_bench.run_workflow(runs=runs or 3, threads=threads or 1)
+        elif what == "dash":
+            from zmqllm import dashbench
 
-        report = dashbench.run_dash(runs=runs or 5)
-    else:
-        report = benchmarks.run_overhead(tokens=tokens or 128, runs=runs or 5,
-                                         threads=threads or max(1, (os.cpu_count() or 2) - 1))
+            report = dashbench.run_dash(runs=runs or 5)
+        else:
+            report = benchmarks.run_overhead(tokens=tokens or 128, runs=runs or 5,
+                                             threads=threads or max(1, (os.cpu_count() or 2) - 1))
+    except KeyboardInterrupt:  # what it started is stopped on the way out
+        click.echo("bench: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(json.dumps(report, indent=2) if as_json else report["summary"])
 
 

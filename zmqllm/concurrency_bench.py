@@ -29,7 +29,7 @@ from typing import Any
 
 from zmqllm import llama_server as server_build
 from zmqllm import paths
-from zmqllm.bench import _start_daemon, stop_daemons
+from zmqllm.bench import daemons
 from zmqllm.client import AsyncClient
 
 MODEL = "bundled:gemma3-270m"
@@ -75,14 +75,11 @@ async def _mesh_round(endpoint: str, width: int) -> tuple[float, list[float]]:
 @contextlib.contextmanager
 def _mesh(home: str, width: int, slots: int, threads: int, gpu_layers: int) -> Iterator[Round]:
     """A llama daemon with `slots` slots, warmed up."""
-    proc, endpoint = _start_daemon(f"bench{slots}", home, "--engine", "llama", "--model", MODEL,
-                                   "--slots", str(slots), "--threads", str(threads), "--ctx", str(CTX_PER_SLOT),
-                                   "--gpu-layers", str(gpu_layers))
-    try:
+    with daemons(home) as start:
+        _, endpoint = start(f"bench{slots}", "--engine", "llama", "--model", MODEL, "--slots", str(slots),
+                            "--threads", str(threads), "--ctx", str(CTX_PER_SLOT), "--gpu-layers", str(gpu_layers))
         asyncio.run(_mesh_round(endpoint, 1))
         yield lambda: asyncio.run(_mesh_round(endpoint, width))
-    finally:
-        stop_daemons([proc])
 
 
 def _free_port() -> int:

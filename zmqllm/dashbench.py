@@ -33,7 +33,7 @@ import zmq
 from textual import events
 
 from zmqllm import protocol
-from zmqllm.bench import _mesh_run, _start_daemon, _wait_for_peer, stop_daemons
+from zmqllm.bench import _mesh_run, _wait_for_peer, daemons
 from zmqllm.events import BUFFER_LIMIT, FLUSH_INTERVAL_S, LEASE_S
 from zmqllm.tui.app import MeshDashboard
 from zmqllm.tui.live import POLL_INTERVAL_S, LiveSource, fold_batch
@@ -290,18 +290,15 @@ def _impact(tokens: int, runs: int) -> dict[str, Any]:
     """tok/s without anything watching, with a subscriber that discards the events, and with a
     dashboard: same daemons, one after the other (each watcher unsubscribes when it stops)."""
     spawn = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as home:
-        a, a_endpoint = _start_daemon("a", home)
-        b, b_endpoint = _start_daemon("b", home, "--peer", a_endpoint)
-        try:
-            asyncio.run(_wait_for_peer(a_endpoint, "b"))
-            asyncio.run(_mesh_run(a_endpoint, WARMUP_TOKENS))
-            alone = [asyncio.run(_mesh_run(a_endpoint, tokens)) for _ in range(runs)]
-            discarded, _ = _attached(spawn, _discarding_subscriber, ([a_endpoint, b_endpoint],), a_endpoint,
-                                     tokens, runs)
-            watched, seen = _attached(spawn, _dashboard_process, (a_endpoint,), a_endpoint, tokens, runs)
-        finally:
-            stop_daemons([b, a])
+    with tempfile.TemporaryDirectory() as home, daemons(home) as start:
+        _, a_endpoint = start("a")
+        _, b_endpoint = start("b", "--peer", a_endpoint)
+        asyncio.run(_wait_for_peer(a_endpoint, "b"))
+        asyncio.run(_mesh_run(a_endpoint, WARMUP_TOKENS))
+        alone = [asyncio.run(_mesh_run(a_endpoint, tokens)) for _ in range(runs)]
+        discarded, _ = _attached(spawn, _discarding_subscriber, ([a_endpoint, b_endpoint],), a_endpoint,
+                                 tokens, runs)
+        watched, seen = _attached(spawn, _dashboard_process, (a_endpoint,), a_endpoint, tokens, runs)
     streamed = tokens * runs + WARMUP_TOKENS
     return {"alone": alone, "discarded": discarded, "watched": watched,
             "events_per_token": seen["events"] / streamed, "dropped": seen["dropped"]}

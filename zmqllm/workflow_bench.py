@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zmqllm.bench import _start_daemon, _wait_for_peer, stop_daemons
+from zmqllm.bench import _wait_for_peer, daemons
 from zmqllm.client import AsyncClient
 
 SPEC = Path(__file__).resolve().parent.parent / "configs" / "workflows" / "map-reduce-summary.toml"
@@ -47,17 +47,12 @@ async def _timed_run(endpoint: str, spec: str, text: str) -> tuple[float, int]:
 
 
 def _mesh_times(nodes: int, engine_args: tuple[str, ...], spec: str, text: str, runs: int) -> tuple[list[float], int]:
-    with tempfile.TemporaryDirectory() as home:
-        procs = []
-        try:
-            first, endpoint = _start_daemon("n1", home, "--slots", "1", *engine_args)
-            procs.append(first)
-            for i in range(2, nodes + 1):
-                procs.append(_start_daemon(f"n{i}", home, "--slots", "1", "--peer", endpoint, *engine_args)[0])
-                asyncio.run(_wait_for_peer(endpoint, f"n{i}"))
-            results = [asyncio.run(_timed_run(endpoint, spec, text)) for _ in range(runs)]
-        finally:
-            stop_daemons(procs)
+    with tempfile.TemporaryDirectory() as home, daemons(home) as start:
+        _, endpoint = start("n1", "--slots", "1", *engine_args)
+        for i in range(2, nodes + 1):
+            start(f"n{i}", "--slots", "1", "--peer", endpoint, *engine_args)
+            asyncio.run(_wait_for_peer(endpoint, f"n{i}"))
+        results = [asyncio.run(_timed_run(endpoint, spec, text)) for _ in range(runs)]
     return [elapsed for elapsed, _ in results], results[0][1]
 
 
