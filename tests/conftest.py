@@ -63,14 +63,19 @@ class Daemon:
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it does not stop in time; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_S)
-        return self.proc.returncode
+        return stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+    """Send `sig`, then SIGKILL if the process does not stop within `timeout`; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
 
 
 def _pump(daemon: Daemon) -> None:

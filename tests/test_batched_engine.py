@@ -31,7 +31,7 @@ llama_cpp = pytest.importorskip(
 from zmqllm.engines.base import EngineError, GenerationRequest, GenerationResult, TokenChunk  # noqa: E402
 from zmqllm.engines.batched import BatchedLlamaEngine  # noqa: E402
 from zmqllm.engines.batched_decode import SlotEvent  # noqa: E402
-from zmqllm.engines.llama_text import tokenize_prompt  # noqa: E402
+from zmqllm.engines.llama_api import tokenize_prompt, vocab_size  # noqa: E402
 
 N_THREADS = 2
 N_CTX = 2048  # per slot: the starvation test sends a ~1,500-token prompt
@@ -342,7 +342,7 @@ def test_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(engine: Batche
     assert engine.model_path is not None
     lc, llm, ctx = load_model(engine.model_path, slots=2, ctx_per_slot=128, n_batch=64, n_threads=N_THREADS,
                               n_gpu_layers=0, flash_attn=True, verbose=False)
-    n_vocab = lc.llama_vocab_n_tokens(llm._model.vocab)
+    n_vocab = vocab_size(llm)
     shortcut = SamplerChain.build(lc, parse_sampling(GREEDY), n_vocab, 1)
     chain = SamplerChain.build(lc, parse_sampling(GREEDY), n_vocab, 1)
     chain.argmax_vocab = 0  # through llama_sampler_sample

@@ -1,4 +1,4 @@
-"""Tests for zmqllm.config: layering, parsing, validation messages, examples."""
+"""Tests for zmqllm.node.config: layering, parsing, validation messages, examples."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from zmqllm import config as cfgmod
-from zmqllm.config import KEYS, ConfigError, NodeConfig, data_dir_for, load_config
+from zmqllm.node import config as cfgmod
+from zmqllm.node.config import KEYS, ConfigError, NodeConfig, data_dir_for, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = [REPO / "configs" / "single.toml",
@@ -255,7 +255,7 @@ def test_a_bind_other_machines_reach_needs_a_mesh_key_or_consent(endpoint, tmp_p
     message = error_of(overrides={"bind": endpoint})
     assert message.startswith(f"flag --bind: {endpoint} is reachable from other machines, and no mesh_key is set")
     assert "zmqllm keys new" in message and "allow_plaintext = true" in message
-    from zmqllm import keys
+    from zmqllm.net import keys
 
     key = keys.create(tmp_path / "mesh.key")
     assert load_config(env={"ZMQLLM_MESH_KEY": key.path}, overrides={"bind": endpoint}).mesh_key == key.path
@@ -272,10 +272,18 @@ def test_keys_table_matches_dataclass():
     assert KEYS["queue_limit"].default == 64 and KEYS["name"].default is None
 
 
-def test_slots_default_per_engine():
+def gguf(tmp_path: Path) -> str:
+    """A file that passes the model check (it only reads the GGUF magic)."""
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(8))
+    return str(path)
+
+
+def test_slots_default_per_engine(tmp_path):
+    model = gguf(tmp_path)
     assert load_config(env={}).slots == 4
-    assert load_config(env={}, overrides={"engine": "llama", "model": "m.gguf"}).slots == 1
-    assert load_config(env={}, overrides={"engine": "llama", "model": "m.gguf", "slots": 4}).slots == 4
+    assert load_config(env={}, overrides={"engine": "llama", "model": model}).slots == 1
+    assert load_config(env={}, overrides={"engine": "llama", "model": model, "slots": 4}).slots == 4
     assert all(k.help and "\n" not in k.help for k in KEYS.values())
 
 
@@ -314,3 +322,32 @@ def test_data_dir_precedence():
 def test_data_dir_for_does_not_create(tmp_path):
     target = data_dir_for(NodeConfig(name="n2"), {"ZMQLLM_HOME": str(tmp_path)})
     assert target == tmp_path / "nodes" / "n2" and not target.exists()
+
+
+# --- the model is checked with the rest of the config --------------------------
+
+def test_a_missing_model_file_is_a_config_error_naming_the_key_and_its_source(tmp_path):
+    missing = str(tmp_path / "nope.gguf")
+    message = error_of(overrides={"model": missing})
+    assert message.startswith("flag --model: key 'model': ") and missing in message and "does not exist" in message
+    message = error_of(env={"ZMQLLM_MODEL": missing})
+    assert message.startswith("environment ZMQLLM_MODEL: key 'model'")
+    path = write(tmp_path, f'model = "{missing}"\n')
+    assert error_of(path=path).startswith(f"{path}: key 'model'")
+
+
+def test_a_file_that_is_no_gguf_and_an_unknown_bundled_model_are_config_errors(tmp_path):
+    notes = write(tmp_path, "these are not weights\n", "notes.gguf")
+    assert "not a GGUF file" in error_of(overrides={"model": str(notes)})
+    assert "unknown bundled model" in error_of(overrides={"model": "bundled:nope"})
+    assert load_config(env={}, overrides={"model": gguf(tmp_path)}).engine == "llama"
+
+
+def test_resolve_config_says_where_every_value_came_from(tmp_path):
+    path = write(tmp_path, "ctx = 1024\nqueue_limit = 3\n")
+    config, sources = cfgmod.resolve_config(path, env={"ZMQLLM_QUEUE_LIMIT": "5"}, overrides={"batch": 64})
+    assert (config.ctx, config.queue_limit, config.batch) == (1024, 5, 64)
+    assert sources["ctx"] == str(path)
+    assert sources["queue_limit"] == "environment ZMQLLM_QUEUE_LIMIT"
+    assert sources["batch"] == "flag --batch"
+    assert sources["heartbeat_interval"] == "default" and set(sources) == set(KEYS)

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import process_gone, wait_until
 
-from zmqllm import paths
+from zmqllm.node import paths
 
 
 def _tmux(socket: str, *args: str) -> str:

@@ -8,7 +8,7 @@ import signal
 from conftest import states, wait_until
 
 from zmqllm.client import AsyncClient
-from zmqllm.events import EventHub
+from zmqllm.core.events import EventHub
 
 
 def test_hub_buffers_per_subscriber_counts_drops_and_expires_leases():

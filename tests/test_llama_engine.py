@@ -212,6 +212,15 @@ def test_prompt_over_context_is_bad_request(engine: LlamaEngine) -> None:
     assert "context window is 2048" in err.value.message
 
 
+def test_a_resumed_id_outside_the_vocabulary_is_bad_request(engine: LlamaEngine) -> None:
+    """A forged or corrupt failover (ASSIGN resume_ids) used to reach llama_decode unchecked in this engine."""
+    for bad in (-1, 10**9):
+        req = GenerationRequest(prompt="Once upon", max_tokens=8, params={"temperature": 0}, resume_ids=(2, bad))
+        with pytest.raises(EngineError) as err:
+            asyncio.run(engine.generate(req, lambda chunk: None, threading.Event()))
+        assert err.value.code == "bad_request" and "not a token of this model" in err.value.message
+
+
 def test_bad_sampling_params_are_bad_request(engine: LlamaEngine) -> None:
     for params in ({"temperature": -1.0}, {"top_k": 1.5}, {"nope": 1}, {"top_p": 2.0},
                    {"seed": True}, {"min_p": float("nan")}):

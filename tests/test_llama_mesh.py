@@ -149,14 +149,14 @@ def test_bad_model_path_and_non_gguf_file_fail_with_one_clear_line(tmp_path, hom
     for model, expected in [(str(tmp_path / "missing.gguf"), "does not exist"), (str(text_file), "not a GGUF file")]:
         result = run_cli(env, "daemon", "--name", "bad", "--bind", "tcp://127.0.0.1:0", "--engine", "llama",
                          "--model", model, "--log-level", "error", timeout=60)
-        assert result.returncode == 1, result
+        assert result.returncode == 2, result  # bad configuration, found before anything starts
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and expected in errors[0] and model in errors[0], result.stderr
         assert "Traceback" not in result.stderr
 
 
 def test_chat_on_the_bundled_model_is_its_plain_template_rendered_as_a_completion(mesh):
-    from zmqllm.chat import PLAIN_STOPS, render_plain
+    from zmqllm.core.chat import PLAIN_STOPS, render_plain
 
     a, _ = mesh
     messages = [{"role": "system", "content": "You answer briefly."},

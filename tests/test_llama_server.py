@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from zmqllm import llama_server
-from zmqllm.concurrency_bench import pick_server
+from zmqllm.bench import llama_server
+from zmqllm.bench.concurrency import pick_server
 
 pytest.importorskip("llama_cpp")
 

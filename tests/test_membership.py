@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from zmqllm import protocol
-from zmqllm.membership import Identity, Liveness, Load, NameTaken, PeerTable, new_endpoints
+from zmqllm.core import protocol
+from zmqllm.core.membership import Identity, Liveness, Load, NameTaken, PeerTable, new_endpoints
 
 LIVENESS = Liveness(interval=0.5, suspect_after=2.0, dead_after=4.0)
 SUSPECT_S, DEAD_S = 1.0, 2.0  # seconds of silence; exact in binary floating point
@@ -116,10 +116,10 @@ def test_observe_refreshes_a_live_peer() -> None:
 def test_bye_marks_left_at_once_and_only_once() -> None:
     t = table()
     t.observe(ident("a"), T0)
-    change = t.mark_left("id-a")
+    change = t.mark_left("id-a", T0)
     assert change is not None and (change.peer.node_id, change.old, change.new) == ("id-a", "alive", "left")
-    assert t.mark_left("id-a") is None
-    assert t.mark_left("stranger") is None
+    assert t.mark_left("id-a", T0) is None
+    assert t.mark_left("stranger", T0) is None
     assert t.tick(T0 + 100) == [] and state(t, "id-a") == "left"
     assert t.observe(ident("a"), T0 + 100) == "rejoined"
 
@@ -128,7 +128,7 @@ def test_bye_from_a_dead_peer_records_the_old_state() -> None:
     t = table()
     t.observe(ident("a"), T0)
     t.tick(T0 + 10)
-    change = t.mark_left("id-a")
+    change = t.mark_left("id-a", T0)
     assert change is not None and (change.old, change.new) == ("dead", "left")
 
 
@@ -142,7 +142,7 @@ def test_restart_under_same_name_and_endpoint_replaces_the_row(holder_state: str
     elif holder_state == "dead":
         t.tick(T0 + 10)
     elif holder_state == "left":
-        t.mark_left("old-id")
+        t.mark_left("old-id", T0)
     assert state(t, "old-id") == holder_state
     assert t.observe(ident("a", "new-id", port=6001), T0 + 20) == "replaced"
     assert [(p.name, p.node_id, p.state) for p in t.peers()] == [("a", "new-id", "alive")]
@@ -167,7 +167,7 @@ def test_name_of_a_gone_node_can_be_taken_over_from_elsewhere(holder_state: str)
     if holder_state == "dead":
         t.tick(T0 + 10)
     else:
-        t.mark_left("id-1")
+        t.mark_left("id-1", T0)
     assert t.observe(ident("a", "id-2", port=6002), T0 + 10) == "replaced"
     assert [(p.node_id, p.identity.endpoint) for p in t.peers()] == [("id-2", "tcp://127.0.0.1:6002")]
 
@@ -204,7 +204,7 @@ def test_peers_sorted_by_name_and_live_peers_exclude_gone() -> None:
     t = table()
     for name in ("c", "a", "d", "b"):
         t.observe(ident(name), T0)
-    t.mark_left("id-c")
+    t.mark_left("id-c", T0)
     t.heard_from("id-a", T0 + 1.5)
     t.heard_from("id-b", T0 + 2.1)
     t.tick(T0 + 2.2)  # a: 0.7 s → alive; b: 0.1 s → alive; d: 2.2 s → dead
@@ -240,7 +240,7 @@ def test_digest_ignores_order_of_arrival_and_left_peers() -> None:
     for name in ("c", "a", "b", "z"):
         y.observe(ident(name), T0)
     assert x.digest() != y.digest()
-    y.mark_left("id-z")
+    y.mark_left("id-z", T0)
     assert x.digest() == y.digest()
 
 
@@ -252,7 +252,7 @@ def test_gossip_rows_are_this_node_and_live_peers() -> None:
     t.heard_from("id-a", T0 + 1.5)
     t.tick(T0 + 2.5)  # a alive (silent exactly 1.0 s), b, c, d dead
     t.observe(ident("b"), T0 + 2.5)
-    t.mark_left("id-b")
+    t.mark_left("id-b", T0)
     rows = t.gossip_rows()
     assert rows == [
         {"name": "me", "node_id": ME.node_id, "endpoint": ME.endpoint},
@@ -331,3 +331,21 @@ def test_load_from_fields_survives_non_finite_numbers(key: str, value: float) ->
     which then reaches the peer rows and `peers --json`)."""
     load = Load.from_fields({key: value})
     assert all(math.isfinite(getattr(load, k)) for k in ("active", "queued", "slots", "tok_s"))
+
+
+def test_departed_rows_are_forgotten_after_forget_after_intervals() -> None:
+    """Peers that come and go for ever must not grow the table (the old code never dropped a row)."""
+    t = table()
+    forget_s = LIVENESS.forget_s
+    for n in range(200):  # 200 short-lived nodes, each saying BYE
+        t.observe(ident(f"n{n}", port=6000 + n), T0 + n)
+        t.mark_left(f"id-n{n}", T0 + n)
+    assert len(t.peers()) == 200
+    assert t.forget_departed(T0 + forget_s - 0.5) == []
+    assert len(t.forget_departed(T0 + 199 + forget_s)) == 200 and t.peers() == []
+    t.observe(ident("late"), T0)
+    t.tick(T0 + 10)  # silent: dead since T0 + 10
+    assert state(t, "id-late") == "dead"
+    assert t.forget_departed(T0 + 10 + forget_s - 0.5) == []
+    assert [p.name for p in t.forget_departed(T0 + 10 + forget_s)] == ["late"]
+    assert t.observe(ident("late"), T0 + 20 + forget_s) == "joined"  # welcomed back as new

@@ -128,11 +128,11 @@ def test_sigterm_says_bye_and_peers_mark_it_left(spawn):
     wait_until(lambda: states(a)["b"] == "left", timeout=1.0, what="a to mark b left")
 
 
-def test_second_daemon_with_a_live_name_is_refused(spawn):
+def test_second_daemon_with_a_live_name_is_refused(spawn, tmp_path):
     a = spawn("a")
     spawn("b", "--peer", a.endpoint)
     wait_until(lambda: states(a).get("b") == "alive", 5, what="mesh")
-    impostor = spawn("b", "--peer", a.endpoint, wait=False)
+    impostor = spawn("b", "--peer", a.endpoint, "--data-dir", str(tmp_path / "other-b"), wait=False)
     assert impostor.proc.wait(15) != 0
     assert any("name 'b' is already used" in line for line in impostor.log_lines), impostor.log()
     assert states(a)["b"] == "alive"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, run_cli, wait_until
-from zmqllm import keys
+from zmqllm.net import keys
 from zmqllm.client import Client
 
 pytestmark = pytest.mark.timeout(120)

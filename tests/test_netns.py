@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import Daemon, _pump, wait_until
-from zmqllm import keys
+from zmqllm.net import keys
 
 SUBNET = "10.231.7"
 HEARTBEAT_S = 0.2

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zmqllm import protocol
-from zmqllm.protocol import (
+from zmqllm.core import protocol
+from zmqllm.core.protocol import (
     ERROR_CODES,
     MAX_MESSAGE_BYTES,
     MESSAGE_FIELDS,

@@ -12,7 +12,7 @@ import pytest
 import zmq
 from conftest import process_gone, run_cli, states, wait_until
 
-from zmqllm import protocol
+from zmqllm.core import protocol
 from zmqllm.client import AsyncClient
 
 RECV_TIMEOUT_MS = 5000

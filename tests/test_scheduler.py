@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqllm.scheduler import Candidate, NoRoute, choose_executor, resolve_model
+from zmqllm.core.scheduler import Candidate, NoRoute, choose_executor, resolve_model
 
 LIVE = ("alive", "suspect")
 

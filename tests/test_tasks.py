@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from zmqllm import protocol
+from zmqllm.core import protocol
 from zmqllm.engines.base import GenerationResult
-from zmqllm.tasks import OriginTask, TaskSpec, done_fields
+from zmqllm.core.tasks import OriginTask, TaskSpec, done_fields
 
 SPEC = TaskSpec("t-1", "Once upon", 8, {"temperature": 0.0}, ("\n",), "gemma", None)
 TIMINGS = {"ttft_ms": 12.5, "total_ms": 80.0, "decode_tok_s": 90.1}
@@ -91,6 +91,15 @@ def test_finish_fills_what_the_origin_knows() -> None:
     assert (t.state, t.final, t.final_type) == ("done", done, "DONE")
     message = protocol.make("DONE", **done)
     assert protocol.decode(protocol.encode(message)).fields == done
+
+
+def test_dropping_a_finished_tasks_output_keeps_its_ending_without_the_text() -> None:
+    t = task()
+    t.accept_token(0, "one", [1])
+    done = t.finish(executor_done())
+    t.drop_output()
+    assert t.tokens == [] and t.output_in_journal and t.final == {k: v for k, v in done.items() if k != "text"}
+    assert t.finished and t.final_type == "DONE"
 
 
 def test_finish_without_tokens_still_names_the_executor() -> None:

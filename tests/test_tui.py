@@ -422,3 +422,61 @@ async def test_inject_runs_a_workflow_whose_fan_out_shows_as_tasks(spawn: Callab
         await _until(pilot, lambda: len(branches()) == 2 and all(t.state == "done" for t in branches()), 5,
                      "both branches done in the tasks table (from the orchestrator's trace)")
         assert {t.executor for t in branches()} == {"a", "b"}
+
+
+# --- the first hour's polish: filter, columns, step keys, help, sort ----------------------------------------
+
+async def test_clearing_the_filter_shows_the_newest_events_and_keeps_following(
+        harness: Callable[..., Harness]) -> None:
+    h = harness()
+    async with h.app.run_test(size=SIZE) as h.pilot:
+        await h.at(0.5)
+        beats = [_msg(0.4, "HEARTBEAT", "a", "b") for _ in range(300)]
+        h.state.apply_batch({"node": "a", "dropped": 0, "events": beats})
+        h.app.refresh_view()
+        await h.pilot.pause()
+        log = h.app.query_one("#trace-log")
+        assert log.max_scroll_y > 200 and log.scroll_y == log.max_scroll_y
+        await h.pilot.press("slash")  # the filter input takes a row from the log
+        await h.at(1.5)
+        assert log.scroll_y == log.max_scroll_y and "suspect" in h.app.events.lines[-1]
+        await h.pilot.press(*"TOKEN")  # a few lines: the view is short
+        await h.pilot.press("escape")  # all of them again, and the row back
+        await h.pilot.pause()
+        assert log.scroll_y == log.max_scroll_y > 200
+        await h.at(2.5)  # new events arrive: the view follows them
+        assert log.scroll_y == log.max_scroll_y and "dead" in h.app.events.lines[-1]
+
+
+async def test_task_states_are_never_cut_and_workflow_steps_show_their_key(
+        harness: Callable[..., Harness]) -> None:
+    from zmqllm.tui.tasks import task_label
+
+    assert task_label("3f2a9c1d0b7e.critique.a1b2c3") == "critique" and task_label(T1) == T1[:8]
+    h = harness()
+    async with h.app.run_test(size=SIZE) as h.pilot:
+        await h.at(0.5)
+        step = "3f2a9c1d0b7e.draft.a1b2c3"
+        h.state.apply_stream_event({"type": "accepted", "task_id": step, "origin": "a"})
+        h.state.apply_stream_event({"type": "done", "task_id": step, "executed_by": "b",
+                                    "finish_reason": "cancelled"})
+        h.app.refresh_view()
+        await h.pilot.pause()
+        assert str(h.app.tasks.get_cell(step, "task")) == "draft"
+        assert str(h.app.tasks.get_cell(step, "state")) == "done (cancelled)"
+        assert h.app.tasks.columns["state"].get_render_width(h.app.tasks) >= len("done (cancelled)")
+
+
+async def test_help_says_how_to_close_it_and_s_sorts_peers_from_any_pane(
+        harness: Callable[..., Harness]) -> None:
+    h = harness()
+    async with h.app.run_test(size=SIZE) as h.pilot:
+        await h.at(0.5)
+        await h.pilot.press("question_mark")
+        title = str(h.app.screen.query_one(".modal-title", Static).content)
+        assert "Esc, q or ? closes this" in title
+        await h.pilot.press("escape")
+        await h.pilot.press("3")  # the tasks pane has focus
+        assert h.app.peers.sort_column == 0
+        await h.pilot.press("s")
+        assert h.app.peers.sort_column == 1 and "sorted by" in str(h.app.peers.border_subtitle)

@@ -397,3 +397,28 @@ def test_examples_run_end_to_end_with_fake_outputs(name: str, input: str, reply:
         assert [r.key for r in requests] == ["draft", "polish@1.critique", "polish@1.revise", "polish@2.critique"]
         assert requests[1].stop == ("\n",) and requests[0].stop == ("\n",) and requests[0].max_tokens == 96
         assert requests[1].max_tokens == 48  # the critique stage's own setting
+
+
+def test_a_daemons_run_hands_its_split_out_and_waits_for_the_chunks() -> None:
+    """With split_inline=False the run never counts tokens itself: a daemon cuts the input on a worker thread."""
+    calls: list[str] = []
+    run = Run(spec(SPLIT.replace("chunk_chars = 20", "chunk_tokens = 3")), "First part here. Second part here.",
+              split_inline=False, count_tokens=lambda text: len(calls.append(text) or text.split()))
+    assert run.next_tasks() == [] and not run.finished
+    [split] = run.splits_wanted()
+    assert run.splits_wanted() == []  # handed out once
+    assert split.step == "map" and split.text == "First part here. Second part here." and calls == []
+    run.split_done("map", split.chunks())
+    assert calls
+    assert [r.key for r in run.next_tasks()] == ["map#1", "map#2"]
+    with pytest.raises(ValueError):
+        run.split_done("map", ["again"])
+
+
+def test_a_handed_out_split_that_fails_or_makes_too_many_chunks_fails_the_step() -> None:
+    run = Run(spec(SPLIT), "x", split_inline=False)
+    run.split_failed(run.splits_wanted()[0].step, "splitting failed: model is closed")
+    assert run.failed and run.error == "step 'map' failed: splitting failed: model is closed"
+    run = Run(spec(SPLIT), "x", split_inline=False)
+    run.split_done(run.splits_wanted()[0].step, ["a", "b", "c", "d"])
+    assert run.failed and "splits into 4 chunks, more than max_fan_out 3" in (run.error or "")

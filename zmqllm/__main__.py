@@ -1,5 +1,5 @@
 """`python -m zmqllm` is the `zmqllm` command."""
 
-from zmqllm.cli import main
+from zmqllm.cli.main import main
 
 main()

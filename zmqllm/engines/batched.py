@@ -40,7 +40,8 @@ from zmqllm.engines.batched_decode import (
 from zmqllm.engines.bundled import resolve_model_path
 from zmqllm.engines.handoff import StepOutbox, TokenHandoff
 from zmqllm.engines.llama_base import LlamaModelEngine
-from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
+from zmqllm.engines.llama_api import is_end_of_generation, tokenize_prompt, vocab_size
+from zmqllm.engines.llama_text import chat_renderer
 from zmqllm.engines.sampling import TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ class BatchedLlamaEngine(LlamaModelEngine):
         self._lc: Any = None
         self._batch_ctx: BatchContext | None = None
         self._ctx_limit = 0
-        self._vocab: Any = None
         self._n_vocab = 0
 
     # --- observability (any thread) --------------------------------------------
@@ -166,8 +166,7 @@ class BatchedLlamaEngine(LlamaModelEngine):
         if request.max_tokens < 0:
             raise EngineError("bad_request", f"max_tokens must be >= 0, got {request.max_tokens}")
         sampling = parse_sampling(request.params)
-        if request.messages:
-            request = render_chat_request(self._render_chat, self.models[0], request)
+        request = await self._as_completion(request)
         loop = asyncio.get_running_loop()
         handoff = TokenHandoff(loop, emit, cancel, self._outbox)
         done: asyncio.Future[GenerationResult | EngineError] = loop.create_future()
@@ -238,8 +237,7 @@ class BatchedLlamaEngine(LlamaModelEngine):
             path, slots=self.slots, ctx_per_slot=self.n_ctx, n_batch=self.n_batch, n_threads=self.n_threads,
             n_gpu_layers=self.n_gpu_layers, flash_attn=self.flash_attn, verbose=self.verbose)
         self._ctx_limit = min(self.n_ctx, self._batch_ctx.ctx_per_seq)
-        self._vocab = self._llm._model.vocab
-        self._n_vocab = self._lc.llama_vocab_n_tokens(self._vocab)
+        self._n_vocab = vocab_size(self._llm)
         self._render_chat = chat_renderer(self.spec, self.chat_format, self._llm)
         self.chat = self._render_chat is not None
         self.model_path = path
@@ -323,7 +321,7 @@ class BatchedLlamaEngine(LlamaModelEngine):
             run.seq.fed += len(row.tokens)
             if row.logits and run.seq.ready_to_sample():
                 token = run.chain.sample(self._batch_ctx.ctx, index)
-                finish = run.take(token, self._lc.llama_vocab_is_eog(self._vocab, token), self._piece)
+                finish = run.take(token, is_end_of_generation(self._llm, token), self._piece)
                 if finish is not None:
                     self._end(run, finish)
 
@@ -356,7 +354,7 @@ class BatchedLlamaEngine(LlamaModelEngine):
         if self._batch_ctx is not None:
             self._batch_ctx.close()
             self._batch_ctx = None
-        llm, self._llm = self._llm, None
+        llm = self._take_model()
         if llm is not None:
             llm.close()
 

@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 
-from zmqllm.chat import last_user_text
+from zmqllm.core.chat import last_user_text
 from zmqllm.engines.base import Emit, Engine, EngineError, GenerationRequest, GenerationResult, TokenChunk
 
 ECHO_MODEL = "echo"

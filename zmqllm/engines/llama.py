@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from zmqllm.engines.base import (
     Emit,
@@ -49,7 +48,10 @@ from zmqllm.engines.bundled import resolve_model_path
 from zmqllm.engines.llama_log import collect_load_errors, install_quiet_logging
 from zmqllm.engines.handoff import TokenHandoff
 from zmqllm.engines.llama_base import LlamaModelEngine
-from zmqllm.engines.llama_text import chat_renderer, render_chat_request, tokenize_prompt
+from zmqllm.engines.llama_api import (
+    clear_memory, forget_sampler, import_llama_cpp, is_end_of_generation, tokenize_prompt, vocab_size,
+)
+from zmqllm.engines.llama_text import chat_renderer, check_fits
 from zmqllm.engines.sampling import Sampling, TokenText, parse_sampling
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,6 @@ class LlamaEngine(LlamaModelEngine):
         self.last_ttft_s: float = 0.0  # worker start -> first token sampled
         self.last_prompt_tokens: int = 0
         self.last_completion_tokens: int = 0
-        self._llama_cpp: Any = None
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqllm-llama")
 
@@ -132,13 +133,7 @@ class LlamaEngine(LlamaModelEngine):
         t0 = time.perf_counter()
         path = resolve_model_path(self.spec, self.cache_dir)
         check_gguf(path)
-        try:
-            import llama_cpp
-        except ImportError as exc:
-            raise EngineError(
-                "engine_failed",
-                f"llama-cpp-python is not importable ({exc}): pip install llama-cpp-python",
-            ) from exc
+        llama_cpp = import_llama_cpp()
         if not self.verbose:
             install_quiet_logging(llama_cpp)
         with collect_load_errors() as load_errors:
@@ -162,7 +157,6 @@ class LlamaEngine(LlamaModelEngine):
                     f"llama.cpp could not load {path}: {detail}".replace("\n", " "),
                 ) from exc
         self._llm = llm
-        self._llama_cpp = llama_cpp
         self.model_path = path
         self._render_chat = chat_renderer(self.spec, self.chat_format, llm)
         self.chat = self._render_chat is not None
@@ -181,8 +175,7 @@ class LlamaEngine(LlamaModelEngine):
                 "bad_request", f"max_tokens must be >= 0, got {request.max_tokens}"
             )
         sampling = parse_sampling(request.params)
-        if request.messages:
-            request = render_chat_request(self._render_chat, self.models[0], request)
+        request = await self._as_completion(request)
         stops = tuple(s for s in request.stop if s)
         loop = asyncio.get_running_loop()
         handoff = TokenHandoff(loop, emit, cancel)
@@ -201,11 +194,9 @@ class LlamaEngine(LlamaModelEngine):
 
     def _reset(self) -> None:
         """Forget all KV state so the next prompt is evaluated from scratch."""
-        llm, lc = self._llm, self._llama_cpp
+        llm = self._llm
         llm.reset()
-        mem = lc.llama_get_memory(llm._ctx.ctx)
-        if mem is not None:
-            lc.llama_memory_clear(mem, False)  # cells only: no 36 MB memset
+        clear_memory(llm)  # cells only: no 36 MB memset
 
     def _generate_blocking(
         self,
@@ -215,25 +206,15 @@ class LlamaEngine(LlamaModelEngine):
         deliver: Callable[[TokenChunk], None],
         stopped: Callable[[], bool],
     ) -> GenerationResult:
-        llm, lc = self._llm, self._llama_cpp
+        llm = self._llm
         if llm is None:
             raise EngineError("engine_failed", "model is closed")
         t_start = time.perf_counter()
         prompt_tokens = tokenize_prompt(llm, request.prompt)
         n_prompt = len(prompt_tokens)
         n_ctx = llm.n_ctx()
-        if n_prompt == 0:
-            raise EngineError("bad_request", "empty prompt (and the model adds no BOS token)")
-        if n_prompt >= n_ctx:
-            raise EngineError(
-                "bad_request",
-                f"prompt is {n_prompt} tokens; the context window is {n_ctx} "
-                f"(at most {n_ctx - 1} prompt tokens)",
-            )
         resume = list(request.resume_ids)
-        if n_prompt + len(resume) >= n_ctx:
-            raise EngineError("bad_request", f"prompt and resumed tokens ({n_prompt} + {len(resume)}) fill the "
-                              f"{n_ctx}-token context window")
+        check_fits(n_prompt, resume, n_ctx, vocab_size(llm))  # a bad replayed id would crash llama_decode
         max_new = min(request.max_tokens - len(resume), n_ctx - n_prompt - len(resume))
         if max_new <= 0 or stopped():
             return self._finish("length" if not stopped() else "cancelled", n_prompt, 0,
@@ -280,7 +261,6 @@ class LlamaEngine(LlamaModelEngine):
             self._safe_reset()
             raise EngineError("engine_failed", f"llama.cpp prefill failed: {exc}") from exc
 
-        vocab = llm._model.vocab
         # detokenize() drops a leading space when the text starts with BOS, and
         # create_completion starts an empty prompt's completion with BOS.
         text = TokenText(stops, bos_id=llm.token_bos(),
@@ -300,7 +280,7 @@ class LlamaEngine(LlamaModelEngine):
                 n_sampled += 1
                 if t_first is None:
                     t_first = t_last
-                if lc.llama_vocab_is_eog(vocab, tok):
+                if is_end_of_generation(llm, tok):
                     finish = "stop"
                     break
                 n += 1
@@ -323,7 +303,7 @@ class LlamaEngine(LlamaModelEngine):
             raise EngineError("engine_failed", f"llama.cpp generation failed: {exc}") from exc
         finally:
             gen.close()
-            llm._sampler = None
+            forget_sampler(llm)
         # Whatever is held back (a possible stop prefix, ids of an incomplete
         # character) ends the stream; a dangling partial character is dropped.
         rest = text.take_rest()
@@ -366,7 +346,7 @@ class LlamaEngine(LlamaModelEngine):
         self._executor.shutdown(wait=False)
 
     def _free(self) -> None:
-        llm, self._llm = self._llm, None
+        llm = self._take_model()
         if llm is not None:
             llm.close()
 

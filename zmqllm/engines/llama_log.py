@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from zmqllm.engines.llama_api import replace_output_suppression, route_logs
+
 cpp_log = logging.getLogger("zmqllm.llama_cpp")  # llama.cpp's own log lines
 
 # ggml_log_level as llama.cpp in 0.3.36 sends it: NONE 0, DEBUG 1, INFO 2, WARN 3,
@@ -64,13 +66,8 @@ def install_quiet_logging(llama_cpp: Any) -> None:
             except Exception:  # never raise into C
                 pass
 
-        _log_callback = llama_cpp.llama_log_callback(on_log)
-        llama_cpp.llama_log_set(_log_callback, None)
-        import llama_cpp._internals as internals
-        import llama_cpp.llama as llama_mod
-
-        llama_mod.suppress_stdout_stderr = _NoSuppress
-        internals.suppress_stdout_stderr = _NoSuppress
+        _log_callback = route_logs(on_log)
+        replace_output_suppression(_NoSuppress)
         _log_installed = True
 
 

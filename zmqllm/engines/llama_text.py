@@ -1,14 +1,15 @@
 """Text around llama.cpp shared by both llama engines: how chat messages become a prompt (and a chat
-request a completion), and how a prompt becomes tokens exactly as `create_completion` tokenises it."""
+request a completion), and how a text's tokens are counted (prompts are tokenised in `llama_api`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any
 
-from zmqllm.chat import PLAIN, PLAIN_STOPS, render_plain
+from zmqllm.core.chat import PLAIN, PLAIN_STOPS, render_plain
 from zmqllm.engines.base import EngineError, GenerationRequest
 from zmqllm.engines.bundled import is_bundled
 
@@ -43,18 +44,6 @@ def chat_renderer(spec: str, chat_format: str | None, llm: Any) -> ChatRenderer 
     return render
 
 
-def tokenize_prompt(llm: Any, prompt: str) -> list[int]:
-    """Tokenise exactly as create_completion does (no suffix)."""
-    model = llm._model
-    bos = llm.token_bos()
-    cls_id = model.token_cls()
-    bos_tokens = [cls_id if cls_id != -1 else bos]
-    if not model.add_bos_token() or bos_tokens[:1] == [-1]:
-        bos_tokens = []
-    body = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
-    return bos_tokens + body
-
-
 def render_chat_request(render: ChatRenderer | None, model: str, request: GenerationRequest) -> GenerationRequest:
     """A chat request as the completion the model runs: its messages rendered, the template's stops added."""
     if render is None:
@@ -71,3 +60,19 @@ def count_tokens(llm: Any, text: str) -> int:
     """Tokens of `text` as a prompt continuation (no BOS). llama_tokenize only
     reads the vocabulary, so this is safe beside a running decode."""
     return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+
+def check_fits(n_prompt: int, resume: Seq[int], limit: int, n_vocab: int) -> None:
+    """Raise `EngineError("bad_request", ...)` unless a prompt of `n_prompt`
+    tokens and the replayed `resume` ids fit a `limit`-token context."""
+    if n_prompt == 0:
+        raise EngineError("bad_request", "empty prompt (and the model adds no BOS token)")
+    if n_prompt >= limit:
+        raise EngineError("bad_request", f"prompt is {n_prompt} tokens; the context window is {limit} "
+                          f"(at most {limit - 1} prompt tokens)")
+    if n_prompt + len(resume) >= limit:
+        raise EngineError("bad_request", f"prompt and resumed tokens ({n_prompt} + {len(resume)}) fill the "
+                          f"{limit}-token context window")
+    bad = [t for t in resume if not 0 <= t < n_vocab]
+    if bad:  # one bad id would fail the whole batch's decode, other requests included
+        raise EngineError("bad_request", f"resume_ids holds {bad[0]}, not a token of this model (0..{n_vocab - 1})")

@@ -36,7 +36,7 @@ from zmqllm.tui.live import LiveSource
 from zmqllm.tui.peers import PeersTable
 from zmqllm.tui.recording import InjectUnavailable, Recorder, ReplayClock, ReplaySource
 from zmqllm.tui.state import FINISHED, MeshState
-from zmqllm.tui.tasks import OutputPane, TasksTable
+from zmqllm.tui.tasks import OutputPane, TasksTable, task_label
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ REFRESH_S = 0.1
 KEY_LATENCY_SAMPLES = 1_000
 """Key-to-screen latencies kept (the newest ones), in `MeshDashboard.key_latencies_ms`."""
 
-PANE_ACTIONS = {"help", "inject", "cancel_task", "filter", "toggle_pause", "zoom", "focus_pane"}
+PANE_ACTIONS = {"help", "inject", "cancel_task", "filter", "toggle_pause", "zoom", "focus_pane", "sort_peers"}
 """Actions of the main screen, off while a modal screen is up."""
 
 SubmitFn = Callable[[InjectRequest], AsyncIterator[dict[str, Any]]]
@@ -88,6 +88,7 @@ class MeshDashboard(App[int]):
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("p", "toggle_pause", "Pause log"),
         Binding("z", "zoom", "Zoom pane"),
+        Binding("s", "sort_peers", "Sort peers"),
         Binding("1", "focus_pane('graph')", "Focus graph", show=False),
         Binding("2", "focus_pane('peers')", "Focus peers", show=False),
         Binding("3", "focus_pane('tasks')", "Focus tasks", show=False),
@@ -261,6 +262,10 @@ class MeshDashboard(App[int]):
         elif self.focused is not None:
             self.screen.maximize(self.focused)
 
+    def action_sort_peers(self) -> None:
+        """`s` sorts the peers by the next column from any pane (the peers pane's own `s` does the same)."""
+        self.peers.action_cycle_sort()
+
     def action_focus_pane(self, pane_id: str) -> None:
         self.query_one(f"#{pane_id}").focus()
 
@@ -320,9 +325,9 @@ class MeshDashboard(App[int]):
         if task is None:
             self.notify("no task selected", severity="warning")
         elif task.state in FINISHED:
-            self.notify(f"task {task.task_id[:8]} has already finished", severity="warning")
+            self.notify(f"task {task_label(task.task_id)} has already finished", severity="warning")
         else:
-            question = f"Cancel task {task.task_id[:8]} (origin {task.origin or '?'})?"
+            question = f"Cancel task {task_label(task.task_id)} (origin {task.origin or '?'})?"
 
             def answered(yes: bool | None) -> None:
                 if yes:

@@ -101,13 +101,24 @@ class EventLog(Vertical):
             self.update_log(self._state)
 
     def open_filter(self) -> None:
+        following = self._log.is_vertical_scroll_end
         self._input.display = True
         self._input.focus()
+        if following:
+            self._follow_after_layout()
 
     def action_close_filter(self) -> None:
+        following = self._log.is_vertical_scroll_end
         self._input.value = ""
         self._input.display = False
         self._log.focus()
+        if following:
+            self._follow_after_layout()
+
+    def _follow_after_layout(self) -> None:
+        """Showing or hiding the filter input resizes the log by a row, which would leave a view that was at
+        the newest line one row short of it, and so no longer following: scroll to the end once laid out."""
+        self._log.call_after_refresh(self._log.scroll_end, animate=False, immediate=True, x_axis=False)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
@@ -150,12 +161,15 @@ class EventLog(Vertical):
         self._update_counters(state)
 
     def _rewrite(self) -> None:
-        """Show the kept trace again under the current filter (up to what the view has reached)."""
+        """Show the kept trace again under the current filter (up to what the view has reached), at its
+        newest lines: `Log.clear` leaves the old scroll offset behind, and the view would land somewhere in the
+        past and, being off the end, stop following new lines."""
         self._log.clear()
         if self._state is not None:
             kept = [entry for entry in self._state.trace if entry[0] <= self._written_seq]
             self._log.write_lines(self._matching(kept[-LOG_MAX_LINES:]))
             self._update_counters(self._state)
+        self._follow_after_layout()
 
     def _matching(self, entries: Iterable[TraceEntry]) -> list[str]:
         lines = (format_event(node, event) for _, node, event in entries)

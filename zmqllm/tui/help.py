@@ -12,6 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 HelpSection = tuple[str, Sequence[BindingType]]
+CLOSE_HINT = "Esc, q or ? closes this"
 
 
 def key_rows(bindings: Iterable[BindingType], display: Callable[[Binding], str]) -> list[tuple[str, str]]:
@@ -42,5 +43,5 @@ class HelpScreen(ModalScreen[None]):
             for keys, description in key_rows(bindings, self.app.get_key_display):
                 table.add_row(keys, description)
         with VerticalScroll(id="help-box", classes="modal-box"):
-            yield Label("Keys", classes="modal-title")
+            yield Label(f"Keys · {CLOSE_HINT}", classes="modal-title")
             yield Static(table, id="help-keys")

@@ -85,7 +85,7 @@ class PeersTable(DataTable[Any]):
             else:
                 for column, new, before in zip(COLUMNS, cells, old):
                     if new != before:
-                        self.update_cell(name, column, new)
+                        self.update_cell(name, column, new, update_width=True)
                         resort = resort or column == COLUMNS[self.sort_column]
             self._cells[name] = cells
         if resort:

@@ -25,10 +25,32 @@ CLOCK_REFRESH_S = 0.5
 costs the table a re-render, and under a flood dozens of tasks run at once."""
 
 
+LABEL_MAX = 20
+"""A workflow step's key is shown up to this many characters."""
+
+
+def task_label(task_id: str) -> str:
+    """What the task column shows: a workflow step's key (its tasks are `RUN_ID.KEY.SUFFIX`, so their first
+    characters are all the run's), else the id's first characters."""
+    parts = task_id.split(".")
+    if len(parts) >= 3:
+        return ".".join(parts[1:-1])[:LABEL_MAX]
+    return task_id[:SHORT_ID]
+
+
+class TaskLabel(Text):
+    """The task column's cell. It carries the full task id: the table sorts rows by task, not by label,
+    since step keys repeat from one run to the next."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_label(task_id))
+        self.task_id = task_id
+
+
 def task_cells(task: TaskInfo, now: float) -> tuple[Any, ...]:
     """The row for one task, in COLUMNS order."""
     state = task.state if task.state != "done" or not task.finish_reason else f"done ({task.finish_reason})"
-    return (task.task_id[:SHORT_ID], Text(state, style=STATE_COLOURS.get(task.state, "")), task.origin or "-",
+    return (TaskLabel(task.task_id), Text(state, style=STATE_COLOURS.get(task.state, "")), task.origin or "-",
             task.executor or "-", str(task.tokens), f"{task.elapsed(now):.1f}s")
 
 
@@ -63,7 +85,7 @@ class TasksTable(DataTable[Any]):
             self._clock_shown = now
         for gone in [task_id for task_id in self._cells if task_id not in tasks]:
             self.remove_row(gone)
-            self._rank.pop(self._cells[gone][0], None)
+            self._rank.pop(gone, None)
             del self._cells[gone], self._versions[gone]
         for task_id, task in tasks.items():
             if self._versions.get(task_id) == task.version and (task.state in FINISHED or not tick_clock):
@@ -72,18 +94,18 @@ class TasksTable(DataTable[Any]):
             cells = task_cells(task, now)
             old = self._cells.get(task_id)
             rank = (task.state in FINISHED, -task.started)
-            reorder = reorder or self._rank.get(cells[0]) != rank
-            self._rank[cells[0]] = rank
+            reorder = reorder or self._rank.get(task_id) != rank
+            self._rank[task_id] = rank
             if old is None:
                 self.add_row(*cells, key=task_id)
             else:
                 for column, new, before in zip(COLUMNS, cells, old):
-                    if new != before:
-                        self.update_cell(task_id, column, new)
+                    if new != before:  # a column grows to fit (`done (cancelled)`): never cut a state
+                        self.update_cell(task_id, column, new, update_width=True)
             self._cells[task_id] = cells
         if reorder:
             selected = self.selected_task
-            self.sort("task", key=lambda short_id: self._rank.get(short_id, (True, 0.0)))
+            self.sort("task", key=lambda label: self._rank.get(label.task_id, (True, 0.0)))
             if selected is not None:
                 self.select_task(selected)
 
@@ -118,6 +140,6 @@ class OutputPane(VerticalScroll):
             body.append(f"\n[{task.error}]", style="red")
         self._body.update(body)
         status = task.state if not task.finish_reason else f"{task.state} · {task.finish_reason}"
-        self.border_title = f"output · {task.task_id[:SHORT_ID]} · {status} · {task.tokens} tok"
+        self.border_title = f"output · {task_label(task.task_id)} · {status} · {task.tokens} tok"
         if following:
             self.call_after_refresh(self.scroll_end, animate=False)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from zmqllm.workflow.spec import TaskSettings, Workflow
-from zmqllm.workflow.steps import StepFailure, StepRun, TaskPlan, step_run
+from zmqllm.workflow.steps import BranchesRun, PendingSplit, StepFailure, StepRun, TaskPlan, step_run
 
-__all__ = ["Run", "TaskRequest", "TaskResultLike"]
+__all__ = ["PendingSplit", "Run", "TaskRequest", "TaskResultLike"]
 
 
 class _HasText(Protocol):
@@ -71,7 +71,7 @@ class Run:
     run finished (tasks still in flight when it failed) are accepted and ignored."""
 
     def __init__(self, workflow: Workflow, input: str, *, done: Mapping[str, TaskResultLike] | None = None,
-                 count_tokens: Callable[[str], int] | None = None) -> None:
+                 count_tokens: Callable[[str], int] | None = None, split_inline: bool = True) -> None:
         self.workflow = workflow
         self.input = input
         self.finished = False
@@ -82,8 +82,9 @@ class Run:
         """Errors of optional steps that failed (the run went on with "" for them)."""
         self._journal = dict(done or {})
         self._steps: dict[str, StepRun] = {
-            step.name: step_run(step, workflow.max_fan_out, count_tokens) for step in workflow.steps}
+            step.name: step_run(step, workflow.max_fan_out, count_tokens, split_inline) for step in workflow.steps}
         self._tasks: dict[str, _Task] = {}
+        self._splits: list[PendingSplit] = []
         self._advance()
 
     # -- what the daemon asks -------------------------------------------------------------
@@ -97,6 +98,12 @@ class Run:
         for task in ready:
             task.state = "handed"
         return [self._request(task) for task in ready]
+
+    def splits_wanted(self) -> list[PendingSplit]:
+        """Splits to do now (only with `split_inline=False`), each handed out once: run
+        `chunks()` anywhere, then report `split_done` or `split_failed`."""
+        splits, self._splits = self._splits, []
+        return splits
 
     def peers_to_avoid(self, key: str) -> tuple[str, ...]:
         """Peers the task failed on, then (distinct_peers) the peers its siblings run or ran on."""
@@ -153,7 +160,31 @@ class Run:
                                        f"attempt{'s' if task.attempt > 1 else ''}: {error}")
             self._advance()
 
+    def split_done(self, step: str, chunks: list[str]) -> None:
+        """A handed-out split's chunks: the step's branches become ready. Ignored once the run finished."""
+        run = self._split_step(step)
+        if run is None:
+            return
+        try:
+            self._add(step, run.chunks_ready(chunks))
+        except StepFailure as exc:
+            self._fail_step(step, str(exc))
+        self._advance()
+
+    def split_failed(self, step: str, error: str) -> None:
+        """A handed-out split could not be done (the token counter failed): the step fails."""
+        if self._split_step(step) is not None:
+            self._fail_step(step, error)
+            self._advance()
+
     # -- inside ---------------------------------------------------------------------------
+
+    def _split_step(self, name: str) -> BranchesRun | None:
+        """The step whose split was handed out, or None when the run has moved past it."""
+        run = self._steps.get(name)
+        if not isinstance(run, BranchesRun) or run.pending_split is None:
+            raise ValueError(f"step {name!r} has no split handed out")
+        return None if self.finished or run.state != "running" else run
 
     def _task(self, key: str) -> _Task:
         try:
@@ -218,6 +249,8 @@ class Run:
                     moved = True
                     try:
                         self._add(name, run.start(self._env()))
+                        if isinstance(run, BranchesRun) and run.pending_split is not None:
+                            self._splits.append(run.pending_split)
                     except StepFailure as exc:
                         self._fail_step(name, str(exc))
                         if self.finished:

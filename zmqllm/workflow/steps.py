@@ -17,7 +17,7 @@ from zmqllm.workflow.spec import Step, TaskSettings
 from zmqllm.workflow.split import split_text
 from zmqllm.workflow.template import render
 
-__all__ = ["TaskPlan", "StepFailure", "StepRun", "step_run"]
+__all__ = ["PendingSplit", "TaskPlan", "StepFailure", "StepRun", "step_run"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,26 @@ class TaskPlan:
     prompt: str
     settings: TaskSettings
     siblings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PendingSplit:
+    """A split step's input, waiting to be cut into chunks by whoever drives the run.
+
+    Counting a long input's tokens takes seconds (a tokenizer reads ≈ 1 MB/s), too
+    long for an event loop, so a run made with `split_inline=False` hands the work
+    out: call `chunks()` anywhere (a worker thread), then `Run.split_done`."""
+
+    step: str
+    text: str
+    chunk_chars: int | None
+    chunk_tokens: int | None
+    count_tokens: Callable[[str], int] | None
+
+    def chunks(self) -> list[str]:
+        """The chunks of `text` (see `split_text`); raises what the token counter raises."""
+        return split_text(self.text, chunk_chars=self.chunk_chars, chunk_tokens=self.chunk_tokens,
+                          count_tokens=self.count_tokens)
 
 
 class StepFailure(Exception):
@@ -69,19 +89,40 @@ class StepRun:
 class BranchesRun(StepRun):
     """fan_out copies or split chunks, then a merge (an extra task for `llm`)."""
 
-    def __init__(self, step: Step, max_fan_out: int, count_tokens: Callable[[str], int] | None) -> None:
+    def __init__(self, step: Step, max_fan_out: int, count_tokens: Callable[[str], int] | None,
+                 split_inline: bool = True) -> None:
         super().__init__(step)
         self.max_fan_out = max_fan_out
         self.count_tokens = count_tokens
+        self.split_inline = split_inline
         self.outputs: dict[str, str | None] = {}
+        self.pending_split: PendingSplit | None = None
+        """A split started with `split_inline=False`: its chunks are awaited (`chunks_ready`)."""
 
     def _start(self) -> list[TaskPlan]:
         step = self.step
-        if step.kind == "split":
-            prompts = [render(step.prompt, {**self.env, "chunk": chunk, "chunk_index": str(index)})
-                       for index, chunk in enumerate(self._chunks(), 1)]
-        else:
-            prompts = [render(step.prompt, self.env)] * step.fan_out
+        if step.kind != "split":
+            return self._branches([render(step.prompt, self.env)] * step.fan_out)
+        if step.split is None:
+            raise StepFailure("a split step needs 'split'")
+        split = PendingSplit(step.name, self.env[step.split], step.chunk_chars, step.chunk_tokens, self.count_tokens)
+        if not self.split_inline:
+            self.pending_split = split
+            return []
+        return self._chunk_branches(split.chunks())
+
+    def chunks_ready(self, chunks: list[str]) -> list[TaskPlan]:
+        """The chunks of a pending split arrived: its branch tasks. Raises StepFailure (none, or too many)."""
+        self.pending_split = None
+        return self._chunk_branches(chunks)
+
+    def _chunk_branches(self, chunks: list[str]) -> list[TaskPlan]:
+        self._check_chunks(chunks)
+        return self._branches([render(self.step.prompt, {**self.env, "chunk": chunk, "chunk_index": str(index)})
+                               for index, chunk in enumerate(chunks, 1)])
+
+    def _branches(self, prompts: list[str]) -> list[TaskPlan]:
+        step = self.step
         keys = [f"{step.name}#{index}" for index in range(1, len(prompts) + 1)]
         siblings = tuple(keys) if step.distinct_peers else ()
         self.outputs = dict.fromkeys(keys)
@@ -89,18 +130,14 @@ class BranchesRun(StepRun):
         return [TaskPlan(key, prompt, self._branch_settings(index), siblings)
                 for index, (key, prompt) in enumerate(zip(keys, prompts))]
 
-    def _chunks(self) -> list[str]:
+    def _check_chunks(self, chunks: list[str]) -> None:
         step = self.step
-        assert step.split is not None
-        chunks = split_text(self.env[step.split], chunk_chars=step.chunk_chars, chunk_tokens=step.chunk_tokens,
-                            count_tokens=self.count_tokens)
         if not chunks:
             raise StepFailure(f"nothing to split: {{{step.split}}} is empty")
         if len(chunks) > self.max_fan_out:
             limit_key = "chunk_chars" if step.chunk_chars is not None else "chunk_tokens"
             raise StepFailure(f"{{{step.split}}} splits into {len(chunks)} chunks, more than max_fan_out "
                               f"{self.max_fan_out}; raise '{limit_key}' or 'max_fan_out'")
-        return chunks
 
     def _branch_settings(self, index: int) -> TaskSettings:
         """fan_out branch `index` (0-based) samples with seed + index (seed 0 when none is set),
@@ -177,10 +214,11 @@ class LoopRun(StepRun):
         return []
 
 
-def step_run(step: Step, max_fan_out: int, count_tokens: Callable[[str], int] | None) -> StepRun:
-    """The progress tracker for a step of any kind."""
+def step_run(step: Step, max_fan_out: int, count_tokens: Callable[[str], int] | None,
+             split_inline: bool = True) -> StepRun:
+    """The progress tracker for a step of any kind (`split_inline`: see `BranchesRun`)."""
     if step.kind == "loop":
         return LoopRun(step)
     if step.kind in ("fan_out", "split"):
-        return BranchesRun(step, max_fan_out, count_tokens)
+        return BranchesRun(step, max_fan_out, count_tokens, split_inline)
     return StepRun(step)

@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from zmqllm.config import show_value
+from zmqllm.core.show import show_value
 
 __all__ = ["WorkflowError", "Where", "show", "suggest"]
 

@@ -1,0 +1,367 @@
+"""Talking to a node: the async client, and a sync wrapper for scripts.
+
+The CLI, the dashboard and the tests all use this; it speaks the same protocol
+any other program would. ZeroMQ connects never fail by themselves, so every wait
+here is bounded: a node that does not answer within `timeout` raises
+`MeshUnreachable` instead of hanging.
+
+Streams yield the CONTRACT's JSON events as dicts: `accepted`, `token`, `done`,
+`error` (each with a `type` key); a stream ends after its one `done` or `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import zmq
+
+from zmqllm.net import keys
+from zmqllm.core import protocol
+from zmqllm.core.events import LEASE_S
+from zmqllm.net.keys import MeshKey
+from zmqllm.core.protocol import Message, ProtocolError
+from zmqllm.net.transport import Channel, Monitor, Sent
+
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_MAX_TOKENS = 128
+_PROBE_AFTER = 0.5
+"""Fraction of `timeout` a stream stays silent before asking the node whether it is still there."""
+_EVENT_TYPES = {"ACCEPTED": "accepted", "TOKEN": "token", "FAILOVER": "failover", "DONE": "done", "ERROR": "error"}
+
+
+class MeshUnreachable(Exception):
+    """The node did not answer within the timeout (`refused`: it turned down our security handshake)."""
+
+    def __init__(self, endpoint: str, timeout: float, refused: str = "") -> None:
+        super().__init__(f"{endpoint} refused this client: {refused}" if refused else
+                         f"no answer from {endpoint} within {timeout:g} s (is a daemon running there?)")
+        self.endpoint = endpoint
+        self.refused = refused
+
+
+class RequestFailed(Exception):
+    """The node answered a query with an ERROR."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def event_from(message: Message) -> dict[str, Any]:
+    """A task message as the CONTRACT's JSON event."""
+    event: dict[str, Any] = {"type": _EVENT_TYPES[message.type]}
+    event.update(message.fields)
+    return event
+
+
+class _Stream:
+    """Messages of one task waiting to be read: a deque and one wake-up flag,
+    cheaper per token than an asyncio.Queue."""
+
+    def __init__(self) -> None:
+        self.messages: deque[Message] = deque()
+        self.arrived = asyncio.Event()
+
+
+class AsyncClient:
+    """One DEALER to one node. Use as `async with AsyncClient(endpoint) as client:`.
+    `mesh_key` (default: the file `ZMQLLM_MESH_KEY` names, if any) makes it a
+    CURVE client; opening raises `keys.KeyFileError` for an unusable key file."""
+
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S, mesh_key: MeshKey | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.mesh_key = mesh_key
+        self._monitor: Monitor | None = None
+        self._refused = ""  # why the node refused our handshake, once it has
+        self.client_id = "client-" + secrets.token_hex(4)
+        self._ctx: zmq.Context | None = None
+        self._channel: Channel | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._events: _Stream | None = None
+        self._runs: dict[str, _Stream] = {}
+        self._stream_refs: dict[int, _Stream] = {}
+        self._heard_at = float("-inf")
+        """When the node last sent anything (monotonic s): a stream waits on silence, not on each wait."""
+
+    async def __aenter__(self) -> AsyncClient:
+        key = self.mesh_key or keys.from_env()
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())  # nodes (and their traces) name us by it
+        if key is not None:
+            key.dial(sock)
+        self._monitor = Monitor(sock, keys.HANDSHAKE_FAILED, lambda event: self._on_handshake_failed(event, key))
+        sock.connect(self.endpoint)
+        self._channel = Channel(sock, self._on_frames)
+        return self
+
+    def _on_handshake_failed(self, event: int, key: MeshKey | None) -> None:
+        """The node turned down our security handshake: it never will accept, so
+        waiting requests fail now with the reason instead of at their timeout."""
+        self._refused = keys.handshake_failure(event, key)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(MeshUnreachable(self.endpoint, self.timeout, self._refused))
+        for stream in self._streams.values():
+            stream.arrived.set()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close()
+            self._monitor = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    # -- queries -------------------------------------------------------------------
+
+    async def peers(self) -> list[dict[str, Any]]:
+        """Every node of the mesh as this node sees it (CONTRACT peer rows)."""
+        return list((await self.request("GET_PEERS"))["peers"])
+
+    async def status(self) -> dict[str, Any]:
+        """This node's own status."""
+        return dict((await self.request("GET_STATUS"))["status"])
+
+    async def request(self, type_: str, **fields: Any) -> Message:
+        """Send one request and wait (bounded) for the reply that answers it."""
+        if self._refused:
+            raise MeshUnreachable(self.endpoint, self.timeout, self._refused)
+        message = self._send(type_, **fields)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[message.id] = future
+        try:
+            async with asyncio.timeout(self.timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                reply = await future
+        except TimeoutError:
+            raise MeshUnreachable(self.endpoint, self.timeout, self._refused) from None
+        finally:
+            self._pending.pop(message.id, None)
+        if reply.type == "ERROR":
+            raise RequestFailed(reply["code"], reply["message"])
+        return reply
+
+    # -- tasks -----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        peer: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        params: dict[str, Any] | None = None,
+        stop: Sequence[str] = (),
+        task_id: str | None = None,
+        messages: Sequence[dict[str, str]] | None = None,
+        failover: bool = True,
+        deadline_s: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Submit a completion (or, with `messages` and an empty prompt, a chat) and
+        stream its events until `done` or `error`."""
+        task_id = task_id or uuid.uuid4().hex
+        stream = self._streams.setdefault(task_id, _Stream())
+        try:
+            self._send("SUBMIT", task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {},
+                       stop=list(stop), model=model, peer=peer, messages=list(messages) if messages else None,
+                       failover=None if failover else False, deadline_s=deadline_s)
+            while True:
+                message = await self._next_for_task(stream)
+                yield event_from(message)
+                if message.type in ("DONE", "ERROR"):
+                    return
+        finally:
+            self._streams.pop(task_id, None)
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """This node's trace events, one batch at a time (`{"node", "events",
+        "dropped"}`, see docs/protocol.md), until the iterator is closed. The
+        subscription's lease is renewed while iterating; a node that stops
+        answering raises `MeshUnreachable`."""
+        stream = self._events = _Stream()
+        try:
+            await self.request("SUBSCRIBE")
+            renew_at = time.monotonic() + LEASE_S / 3
+            while True:
+                while not stream.messages:
+                    stream.arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, renew_at - time.monotonic())):
+                            await stream.arrived.wait()
+                    if time.monotonic() >= renew_at:
+                        await self.request("SUBSCRIBE")
+                        renew_at = time.monotonic() + LEASE_S / 3
+                batch = stream.messages.popleft()
+                yield {"node": batch["node"], "events": batch["events"], "dropped": batch["dropped"]}
+        finally:
+            self._events = None
+            if self._channel is not None:
+                with contextlib.suppress(MeshUnreachable):
+                    self._send("UNSUBSCRIBE")
+
+    async def run(self, spec: str | None = None, input: str = "", *, source: str = "workflow",
+                  run_id: str | None = None, resume: bool = False, attach: bool = False
+                  ) -> AsyncIterator[dict[str, Any]]:
+        """Start a workflow run (`spec` is the TOML text) on this node, or `resume`/`attach` to run
+        `run_id`, and stream its events (docs/workflows.md) until the final `done` or `error`. An invalid
+        spec or unknown run raises `RequestFailed`."""
+        run_id = run_id or uuid.uuid4().hex[:12]
+        stream = self._runs.setdefault(run_id, _Stream())
+        ref = next(self._ids)
+        self._stream_refs[ref] = stream  # an ERROR answering the RUN (bad spec, unknown run) ends this stream
+        try:
+            self._send("RUN", ref, run_id=run_id, spec=spec, source=source, input=input,
+                       resume=resume or None, attach=attach or None)
+            while True:
+                reply = await self._next_for_task(stream)
+                if reply.type == "ERROR":
+                    raise RequestFailed(reply["code"], reply["message"])
+                event = dict(reply["event"])
+                yield event
+                if event.get("type") in ("done", "error"):
+                    return
+        finally:
+            self._runs.pop(run_id, None)
+            self._stream_refs.pop(ref, None)
+
+    async def runs(self) -> list[dict[str, Any]]:
+        """The workflow runs this node orchestrated, newest first."""
+        return list((await self.request("GET_RUNS"))["runs"])
+
+    async def cancel_run(self, run_id: str) -> None:
+        """Cancel a run: its stream then ends with `done` (cancelled)."""
+        self._send("CANCEL_RUN", run_id=run_id)
+
+    def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+        """A chat (`[{"role": "user", "content": ...}, ...]`), streamed like `submit`."""
+        return self.submit("", messages=messages, **kwargs)
+
+    async def cancel(self, task_id: str) -> None:
+        """Ask the node to cancel a task; its stream then ends with `done` (cancelled)."""
+        self._send("CANCEL", task_id=task_id)
+
+    async def _next_for_task(self, stream: _Stream) -> Message:
+        """The task's next message. A task may rightly be silent for long (queued, a long prompt), so
+        silence alone is no failure: halfway through `timeout` without a word from the node, a GET_STATUS
+        asks whether it is there (its reply counts as a word); a node silent for the whole `timeout` is
+        unreachable. So a stream never waits more than `timeout` on a node that is gone."""
+        waiting_since = time.monotonic()
+        probed_at = float("-inf")
+        while not stream.messages:
+            if self._refused:
+                raise MeshUnreachable(self.endpoint, self.timeout, self._refused)
+            heard = max(self._heard_at, waiting_since)
+            now = time.monotonic()
+            if now - heard >= self.timeout:
+                raise MeshUnreachable(self.endpoint, self.timeout, self._refused)
+            probe_at = heard + self.timeout * _PROBE_AFTER
+            if now >= probe_at and probed_at < heard:
+                self._send("GET_STATUS")  # the reply matches no request: it only refreshes `_heard_at`
+                probed_at = now
+            wake_at = probe_at if probed_at < heard else heard + self.timeout
+            stream.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wake_at - now)):
+                    await stream.arrived.wait()
+        return stream.messages.popleft()
+
+    # -- socket --------------------------------------------------------------------------
+
+    def _send(self, type_: str, id: int | None = None, **fields: Any) -> Message:
+        if self._channel is None:
+            raise RuntimeError("client is not open: use `async with AsyncClient(...)`")
+        message = protocol.make(type_, src=self.client_id, id=next(self._ids) if id is None else id, **fields)
+        if self._channel.send([protocol.encode(message)]) is not Sent.OK:
+            raise MeshUnreachable(self.endpoint, self.timeout, self._refused)  # queue full: it has not answered
+        return message
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        self._heard_at = time.monotonic()
+        try:
+            messages = protocol.decode_frame(frames[-1])
+        except ProtocolError:
+            return
+        for message in messages:
+            if message.type == "EVENTS" and message.re is None:
+                if self._events is not None:
+                    self._events.messages.append(message)
+                    self._events.arrived.set()
+                continue
+            if message.type == "RUN_EVENT":
+                stream = self._runs.get(message["run_id"])
+            elif message.re is not None and message.re in self._stream_refs:
+                stream = self._stream_refs.pop(message.re)
+            else:
+                task_id = message.get("task_id")
+                stream = self._streams.get(task_id) if isinstance(task_id, str) else None
+            if stream is not None:
+                stream.messages.append(message)
+                stream.arrived.set()
+                continue
+            future = self._pending.get(message.re) if message.re is not None else None
+            if future is not None and not future.done():
+                future.set_result(message)
+
+
+class Client:
+    """The same, for synchronous code: `with Client(endpoint) as client: client.peers()`."""
+
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S, mesh_key: MeshKey | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = AsyncClient(endpoint, timeout, mesh_key)
+
+    def __enter__(self) -> Client:
+        self._loop.run_until_complete(self._async.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._async.close())
+            self._loop.close()
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self._loop.run_until_complete(self._async.peers())
+
+    def status(self) -> dict[str, Any]:
+        return self._loop.run_until_complete(self._async.status())
+
+    def cancel(self, task_id: str) -> None:
+        self._loop.run_until_complete(self._async.cancel(task_id))
+
+    def chat(self, messages: Sequence[dict[str, str]], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Stream a chat's events; see `AsyncClient.submit` for the arguments."""
+        return self.submit("", messages=messages, **kwargs)
+
+    def submit(self, prompt: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Stream a task's events; see `AsyncClient.submit` for the arguments."""
+        stream = self._async.submit(prompt, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._loop.run_until_complete(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run_until_complete(stream.aclose())

@@ -1,0 +1,95 @@
+"""Starting one daemon from its config: engine, node, ready line, signals."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from zmqllm.net import keys
+from zmqllm.node import paths
+from zmqllm.node.config import NodeConfig, data_dir_for
+from zmqllm.node.datadir import DataDirInUse
+from zmqllm.engines.base import Engine, EngineError
+from zmqllm.core.membership import Liveness
+from zmqllm.node.journal import Retention
+from zmqllm.node.node import FatalNodeError, Node, NodeSettings
+
+log = logging.getLogger("zmqllm.daemon")
+
+
+class DaemonError(Exception):
+    """The daemon could not start or had to stop; `exit_code` per docs/cli.md."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def settings_from(config: NodeConfig) -> NodeSettings:
+    return NodeSettings(
+        name=config.name,
+        bind=config.bind,
+        peers=config.peers,
+        advertise=config.advertise,
+        liveness=Liveness(config.heartbeat_interval, config.suspect_after, config.dead_after),
+        queue_limit=config.queue_limit,
+        send_buffer_bytes=int(config.send_buffer_mb * 2**20),
+        data_dir=data_dir_for(config),
+        mesh_key=keys.load(config.mesh_key) if config.mesh_key else None,
+        journal_retention=Retention(config.journal_keep_days, config.journal_max_mb),
+    )
+
+
+def announce_ready(node: Node) -> None:
+    """The one line scripts and `zmqllm up` wait for (CONTRACT: ready line)."""
+    models = ",".join(node.engine.models)
+    log.info("ready name=%s endpoint=%s models=%s", node.settings.name, node.endpoint, models,
+             extra={"fields": {"event": "ready", "name": node.settings.name, "endpoint": node.endpoint,
+                               "models": list(node.engine.models), "node_id": node.node_id}})
+
+
+async def serve(config: NodeConfig) -> None:
+    """Load the engine, then run the node until SIGTERM/SIGINT."""
+    try:
+        engine = build_engine(config, paths.cache_dir() / "models")
+        if config.engine == "llama":
+            log.info("loading model %s ...", config.model)
+        await engine.load()
+    except EngineError as exc:
+        raise DaemonError(exc.message) from None
+    if config.mesh_key and keys.too_open(config.mesh_key):
+        log.warning("mesh key %s is readable by other users: chmod 600 it", config.mesh_key)
+    node = Node(settings_from(config), engine)
+    node.install_signal_handlers()
+    try:
+        await node.run(on_ready=announce_ready)
+    except DataDirInUse as exc:
+        raise DaemonError(str(exc), exit_code=2) from None  # 2: a setting to change (README: exit codes)
+    except FatalNodeError as exc:
+        raise DaemonError(str(exc)) from None
+    except OSError as exc:
+        raise DaemonError(str(exc)) from None
+    finally:
+        await engine.close()
+    log.info("stopped")
+
+
+def build_engine(config: NodeConfig, cache_dir: Path) -> Engine:
+    """Make (not yet load) the engine a daemon's config names."""
+    if config.engine == "echo":
+        from zmqllm.engines.echo import EchoEngine
+
+        return EchoEngine(rate=config.echo_rate, slots=config.slots or 1)
+    if config.engine == "llama":
+        assert config.model is not None  # the config refuses engine = "llama" without a model
+        settings = dict(model=config.model, model_name=config.model_name, cache_dir=cache_dir, n_ctx=config.ctx,
+                        n_threads=config.threads, n_gpu_layers=config.gpu_layers, n_batch=config.batch,
+                        flash_attn=bool(config.flash_attn), chat_format=config.chat_format)
+        if (config.slots or 1) > 1:  # continuous batching: several sequences in one llama.cpp context
+            from zmqllm.engines.batched import BatchedLlamaEngine
+
+            return BatchedLlamaEngine(slots=config.slots, **settings)
+        from zmqllm.engines.llama import LlamaEngine
+
+        return LlamaEngine(**settings)
+    raise ValueError(f"unknown engine {config.engine!r}")

@@ -1,0 +1,89 @@
+"""What each role of a node (origin, remote, orchestrator) may use of the node: narrow interfaces.
+
+The roles never see the whole `Node`: each names the few members it needs, so a reader knows what a role
+can touch, and a test can drive a role with a small stand-in instead of sockets and a running daemon.
+`Node` satisfies all three structurally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from zmqllm.core.membership import Identity, Load, PeerTable
+from zmqllm.core.events import EventHub
+from zmqllm.core.tasks import OriginTask, TaskSpec
+from zmqllm.engines.base import Engine
+from zmqllm.net.transport import Sent
+
+if TYPE_CHECKING:
+    from zmqllm.node.executor import Executor
+    from zmqllm.node.journal import Journal
+
+
+class RoleSettings(Protocol):
+    """The node settings a role reads."""
+
+    name: str
+    send_buffer_bytes: int
+    data_dir: Path | None
+
+
+class Replies(Protocol):
+    """Answering on the node's ROUTER: to a client, or to the peer DEALER a message came from."""
+
+    settings: RoleSettings
+
+    def reply(self, identity: bytes, type_: str, *, re: int | None = None, final: bool = False,
+              **fields: Any) -> None: ...
+
+    def reply_error(self, identity: bytes, code: str, text: str, *, re: int | None = None,
+                    task_id: str | None = None, retryable: bool = False) -> None: ...
+
+
+class RemoteHost(Replies, Protocol):
+    """What running another origin's task here needs: the engine's names and the executor."""
+
+    engine: Engine
+    executor: Executor
+
+
+class OriginHost(Replies, Protocol):
+    """What an origin needs: placement inputs (the table, its own identity and load), the executor, a peer
+    link, the journal, the clock, and the dashboards' trace."""
+
+    node_id: str
+    table: PeerTable | None
+    executor: Executor
+    journal: Journal | None
+    events: EventHub
+    clock: Callable[[], float]
+
+    def identity(self) -> Identity: ...
+
+    def load(self) -> Load: ...
+
+    def send_to_peer(self, node_id: str, type_: str, **fields: Any) -> Sent: ...
+
+    def publish(self, event: dict[str, Any]) -> None: ...
+
+
+class LocalTasks(Protocol):
+    """What an orchestrator may do with the node's origin: start a step as a task, watch it, cancel it."""
+
+    tasks: Mapping[str, OriginTask]
+
+    def submit_local(self, spec: TaskSpec, listener: Callable[[str, dict[str, Any]], None],
+                     avoid: Iterable[str] = ()) -> str | None: ...
+
+    def cancel(self, task_id: str) -> None: ...
+
+
+class OrchestratorHost(Replies, Protocol):
+    """What a workflow orchestrator needs: the origin (its steps are tasks), the journal, the engine's
+    token counter."""
+
+    engine: Engine
+    journal: Journal | None
+    origin: LocalTasks
