@@ -67,3 +67,23 @@ def test_core_is_pure() -> None:
              for path in sorted((PACKAGE / "core").rglob("*.py"))
              for name in _imports(path) if name.split(".")[0] in PURE_FORBIDDEN]
     assert wrong == []
+
+
+ADAPTERS = {"textual": "tui/textual_api.py", "llama_cpp": "engines/llama_api.py"}
+"""The one module through which each library's private or low-level API is used."""
+
+
+def test_private_apis_of_textual_and_llama_cpp_are_used_in_one_adapter_each() -> None:
+    """`textual._*` modules, and llama-cpp-python below its public `Llama` class (the `llama_cpp.llama_*` C
+    functions, `Llama`'s private members), appear only in their adapter, so an upgrade touches one file."""
+    import re
+
+    private = {"textual": re.compile(r"\btextual\._\w+"),
+               "llama_cpp": re.compile(r"\bllama_cpp\.llama_\w+\(|\bllama_cpp\.llama_cpp\b|\b_?llm\._(model|ctx|batch)\b")}
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        for library, pattern in private.items():
+            if str(path.relative_to(PACKAGE)) != ADAPTERS[library] and pattern.search(text):
+                wrong.append(f"{path.relative_to(PACKAGE)} uses {library} internals: {pattern.search(text).group(0)}")
+    assert wrong == []

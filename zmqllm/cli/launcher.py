@@ -101,8 +101,7 @@ def bind_to_parent() -> None:
 
 
 def _pump(child: Child, log: TextIO) -> None:
-    assert child.proc.stderr is not None
-    for line in child.proc.stderr:
+    for line in child.proc.stderr or ():
         log.write(line)
         log.flush()
         if not child.ready.is_set() and '"event": "ready"' in line:

@@ -305,7 +305,8 @@ class BatchedLlamaEngine(LlamaModelEngine):
     def _step(self) -> None:
         """One decode step: the planned rows, then a token sampled for every
         sequence whose logits are for a new token."""
-        assert self._batch_ctx is not None
+        if self._batch_ctx is None:
+            raise EngineError("engine_failed", "the model is not loaded")
         running = {run.seq.slot: run for run in self._slots if run is not None}
         rows = plan_step([run.seq for run in running.values()], self._batch_ctx.n_batch, self.prefill_chunk)
         try:

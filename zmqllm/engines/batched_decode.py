@@ -97,7 +97,8 @@ class Sequence:
             return Row(self.slot, tuple(self.prompt[self.fed:end]), self.fed, end == n_prompt)
         if self.fed < n_prompt + len(self.resume):
             return Row(self.slot, (self.resume[self.fed - n_prompt],), self.fed, True)
-        assert self.sampled is not None
+        if self.sampled is None:
+            raise RuntimeError(f"slot {self.slot}: a decode step planned before its first token was sampled")
         return Row(self.slot, (self.sampled,), self.fed, True)
 
     def ready_to_sample(self) -> bool:

@@ -167,7 +167,8 @@ KEYS: dict[str, Key] = dict([
     _key("flash_attn", bool, "llama flash attention (default: on when slots > 1, as llama-server's 'auto' "
                              "picks on CPU and GPU; off for slots = 1, as llama-cpp-python)", optional=True),
 ])
-assert set(KEYS) == set(_FIELDS), "KEYS and NodeConfig must list the same keys"
+if set(KEYS) != set(_FIELDS):
+    raise RuntimeError(f"KEYS and NodeConfig must list the same keys: {sorted(set(KEYS) ^ set(_FIELDS))}")
 
 
 def _fail(source: str, key: str, what: str, got: str) -> ConfigError:

@@ -81,7 +81,8 @@ def build_engine(config: NodeConfig, cache_dir: Path) -> Engine:
 
         return EchoEngine(rate=config.echo_rate, slots=config.slots or 1)
     if config.engine == "llama":
-        assert config.model is not None  # the config refuses engine = "llama" without a model
+        if config.model is None:  # load_config refuses engine = "llama" without a model; a NodeConfig built by hand may not
+            raise ValueError("engine 'llama' needs a model")
         settings = dict(model=config.model, model_name=config.model_name, cache_dir=cache_dir, n_ctx=config.ctx,
                         n_threads=config.threads, n_gpu_layers=config.gpu_layers, n_batch=config.batch,
                         flash_attn=bool(config.flash_attn), chat_format=config.chat_format)

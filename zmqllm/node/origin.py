@@ -137,7 +137,8 @@ class Origin:
 
     def _candidates(self) -> list[Candidate]:
         node = self.node
-        assert node.table is not None
+        if node.table is None:
+            return []
         busy: dict[str, int] = {}
         for task in self.tasks.values():
             if not task.finished and task.executor_name:
@@ -155,7 +156,6 @@ class Origin:
         """Place the task; a node that cannot take it is skipped for the next one.
         On a failover the new executor continues after the tokens already delivered."""
         node = self.node
-        assert node.table is not None
         spec = task.spec
         pinned = spec.peer if not task.failovers else None  # a pinned peer that died is left behind
         previous = task.executor_name
@@ -179,8 +179,13 @@ class Origin:
                 self._announce_failover(task, previous, failover_reason)
                 self._run_here(task)
                 return
-            peer = node.table.by_name(chosen.name)
-            assert peer is not None
+            peer = node.table.by_name(chosen.name) if node.table is not None else None
+            if peer is None:  # gone from the table since the candidates were listed
+                if pinned:
+                    self._end_error(task, "peer_dead", f"node {chosen.name!r} left the mesh", True)
+                    return
+                task.tried.add(chosen.name)
+                continue
             task.assign(peer.node_id, peer.name, model)
             resume = task.delivered_ids
             sent = node.send_to_peer(peer.node_id, "ASSIGN", task_id=task.task_id, prompt=spec.prompt,

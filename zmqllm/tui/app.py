@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from textual import events
-from textual._time import get_time as textual_clock  # the clock Textual stamps `Message.time` with
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -37,6 +36,7 @@ from zmqllm.tui.peers import PeersTable
 from zmqllm.tui.recording import InjectUnavailable, Recorder, ReplayClock, ReplaySource
 from zmqllm.tui.state import FINISHED, MeshState
 from zmqllm.tui.tasks import OutputPane, TasksTable, task_label
+from zmqllm.tui.textual_api import message_clock
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class MeshDashboard(App[int]):
         self.call_after_refresh(self._key_shown, event.time)
 
     def _key_shown(self, read_at: float) -> None:
-        self.key_latencies_ms.append((textual_clock() - read_at) * 1000)
+        self.key_latencies_ms.append((message_clock() - read_at) * 1000)
 
     def key_latency_ms(self, quantile: float) -> float | None:
         """The `quantile` (0 to 1, nearest rank) of the kept key-to-screen latencies in ms; None before

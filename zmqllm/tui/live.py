@@ -102,7 +102,8 @@ class LiveSource:
 
     async def run_workflow(self, request: InjectRequest) -> AsyncIterator[dict[str, Any]]:
         """Run the request's workflow file, its prompt as the input, with the connected node orchestrating."""
-        assert request.workflow is not None
+        if request.workflow is None:
+            raise ValueError("no workflow file in this request")
         spec = Path(request.workflow).read_text(encoding="utf-8")
         client = await self._client(self._target)
         async for event in client.run(spec, request.prompt, source=Path(request.workflow).name):

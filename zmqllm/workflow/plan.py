@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from zmqllm.workflow.spec import TaskSettings, Workflow
+from zmqllm.workflow.values import WorkflowError
 from zmqllm.workflow.steps import BranchesRun, PendingSplit, StepFailure, StepRun, TaskPlan, step_run
 
 __all__ = ["PendingSplit", "Run", "TaskRequest", "TaskResultLike"]
@@ -217,7 +218,8 @@ class Run:
 
     def _add(self, step: str, plans: list[TaskPlan]) -> None:
         for plan in plans:
-            assert plan.key not in self._tasks, plan.key
+            if plan.key in self._tasks:
+                raise WorkflowError(f"step {step}: task {plan.key!r} planned twice")
             self._tasks[plan.key] = _Task(plan, step)
 
     def _fail_step(self, name: str, error: str) -> None:

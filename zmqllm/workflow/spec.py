@@ -126,7 +126,8 @@ def parse_workflow(text_or_mapping: str | Mapping[str, Any], source: str) -> Wor
     top.check_keys(doc, _TOP_KEYS)
     max_fan_out = top.integer(doc, "max_fan_out", DEFAULT_MAX_FAN_OUT, 1, MAX_FAN_OUT_CAP,
                               f"between 1 and {MAX_FAN_OUT_CAP} (the hard cap)")
-    assert max_fan_out is not None
+    if max_fan_out is None:  # it has a default: only a bug gets here
+        raise WorkflowError(f"{source}: max_fan_out could not be read")
     defaults_at = Where(source, "[defaults]")
     defaults_table = top.table(doc, "defaults")
     defaults_at.check_keys(defaults_table, SETTINGS_KEYS)
@@ -149,7 +150,8 @@ def parse_workflow(text_or_mapping: str | Mapping[str, Any], source: str) -> Wor
 
 def _name(at: Where, table: Mapping[str, Any], what: str) -> str:
     name = at.string(table, "name", required=True)
-    assert name is not None
+    if name is None:  # required: `at.string` raised already unless it has a bug
+        raise at.error("name", f"{what} needs a name")
     if not NAME_PATTERN.fullmatch(name):
         raise at.error("name", f"{what} name must be letters, digits and '_', not starting with a digit "
                                f"(it is a template variable), got {show(name)}")

@@ -16,6 +16,7 @@ from zmqllm.workflow.merge import concat, numbered, vote
 from zmqllm.workflow.spec import Step, TaskSettings
 from zmqllm.workflow.split import split_text
 from zmqllm.workflow.template import render
+from zmqllm.workflow.values import WorkflowError
 
 __all__ = ["PendingSplit", "TaskPlan", "StepFailure", "StepRun", "step_run"]
 
@@ -157,7 +158,8 @@ class BranchesRun(StepRun):
         outputs = [output or "" for output in self.outputs.values()]
         step = self.step
         if step.merge == "llm":
-            assert step.merge_prompt is not None and step.merge_settings is not None
+            if step.merge_prompt is None or step.merge_settings is None:
+                raise WorkflowError(f"step {step.name}: merge = 'llm' needs merge_prompt")
             prompt = render(step.merge_prompt, {**self.env, "branches": numbered(outputs)})
             return [TaskPlan(f"{step.name}:merge", prompt, step.merge_settings)]
         self._done(vote(outputs) if step.merge == "vote" else concat(outputs, step.separator))
