@@ -73,3 +73,13 @@ def test_a_subscriber_sees_tasks_tokens_messages_and_peer_changes(spawn):
     assert all(isinstance(e["ts"], float) for e in seen)
     assign = next(e for e in seen if e.get("type") == "ASSIGN")
     assert (assign["src"], assign["dst"]) == ("a", "b") and assign["size"] > 0
+
+
+def test_the_number_of_subscribers_is_bounded_and_lapsed_ones_make_room() -> None:
+    """Each subscriber holds a buffer: a client opening connection after connection could grow a node's
+    memory without bound (the old hub took every one)."""
+    hub = EventHub(limit=10, lease_s=10, max_subscribers=3)
+    assert all(hub.subscribe(f"d{n}".encode(), now=0) for n in range(3))
+    assert not hub.subscribe(b"d3", now=1)
+    assert hub.subscribe(b"d0", now=1)  # renewing is always allowed
+    assert hub.subscribe(b"d3", now=10.5)  # d1 and d2 lapsed at 10

@@ -19,6 +19,8 @@ BUFFER_LIMIT = 5_000
 """Events held per subscriber between flushes; past it they are counted as dropped."""
 LEASE_S = 10.0
 """A subscription lapses unless renewed within this many seconds."""
+MAX_SUBSCRIBERS = 64
+"""Dashboards one node feeds at once: each holds a buffer, so their number is bounded too."""
 
 Event = dict[str, Any]
 
@@ -35,9 +37,11 @@ class Subscriber:
 class EventHub:
     """Subscribers of one node and what is waiting for each."""
 
-    def __init__(self, limit: int = BUFFER_LIMIT, lease_s: float = LEASE_S) -> None:
+    def __init__(self, limit: int = BUFFER_LIMIT, lease_s: float = LEASE_S,
+                 max_subscribers: int = MAX_SUBSCRIBERS) -> None:
         self.limit = limit
         self.lease_s = lease_s
+        self.max_subscribers = max_subscribers
         self._subscribers: dict[bytes, Subscriber] = {}
 
     @property
@@ -45,13 +49,17 @@ class EventHub:
         """Whether anyone listens (callers skip building events otherwise)."""
         return bool(self._subscribers)
 
-    def subscribe(self, identity: bytes, now: float) -> None:
-        """Start or renew a subscription."""
+    def subscribe(self, identity: bytes, now: float) -> bool:
+        """Start or renew a subscription; False when `max_subscribers` others hold one already."""
         subscriber = self._subscribers.get(identity)
-        if subscriber is None:
-            self._subscribers[identity] = Subscriber(now + self.lease_s)
-        else:
+        if subscriber is not None:
             subscriber.expires = now + self.lease_s
+            return True
+        self._subscribers = {i: s for i, s in self._subscribers.items() if s.expires > now}  # lapsed leases
+        if len(self._subscribers) >= self.max_subscribers:
+            return False
+        self._subscribers[identity] = Subscriber(now + self.lease_s)
+        return True
 
     def unsubscribe(self, identity: bytes) -> None:
         self._subscribers.pop(identity, None)

@@ -81,7 +81,7 @@ def build_engine(config: NodeConfig, cache_dir: Path) -> Engine:
 
         return EchoEngine(rate=config.echo_rate, slots=config.slots or 1)
     if config.engine == "llama":
-        if config.model is None:  # load_config refuses engine = "llama" without a model; a NodeConfig built by hand may not
+        if config.model is None:  # load_config refuses this; a NodeConfig built by hand may not
             raise ValueError("engine 'llama' needs a model")
         settings = dict(model=config.model, model_name=config.model_name, cache_dir=cache_dir, n_ctx=config.ctx,
                         n_threads=config.threads, n_gpu_layers=config.gpu_layers, n_batch=config.batch,

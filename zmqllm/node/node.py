@@ -597,7 +597,10 @@ class Node:
 
     def on_subscribe(self, identity: bytes, message: Message, is_peer: bool) -> None:
         if message.type == "SUBSCRIBE":
-            self.events.subscribe(identity, self.clock())
+            if not self.events.subscribe(identity, self.clock()):
+                self.reply_error(identity, "busy", f"{self.settings.name} already feeds "
+                                 f"{self.events.max_subscribers} dashboards", re=message.id, retryable=True)
+                return
         else:
             self.events.unsubscribe(identity)
         self.reply(identity, "EVENTS", re=message.id, node=self.settings.name, events=[], dropped=0)

@@ -104,7 +104,7 @@ class Orchestrator:
             return
         log.info("run %s: cancelling", job.run_id)
         job.cancelling = True
-        for step in job.running.values():
+        for step in list(job.running.values()):  # a cancel may end a step at once (it leaves `running`)
             self.node.origin.cancel(step.task_id)
         if not job.running:
             self._end(job)
@@ -290,7 +290,7 @@ class Orchestrator:
                              "peer": step.peer, "error": error, "attempt": request.attempt})
             job.run.task_failed(key, error, step.peer)
         if job.run.finished and not job.cancelling:
-            for other in job.running.values():  # a failed run stops its other tasks
+            for other in list(job.running.values()):  # a failed run stops its other tasks
                 self.node.origin.cancel(other.task_id)
         self._advance(job)
 
