@@ -167,3 +167,21 @@ def states(daemon: Daemon) -> dict[str, str]:
     """name -> state as `daemon` sees the mesh."""
     with daemon.client() as client:
         return {row["name"]: row["state"] for row in client.peers()}
+
+
+@dataclass
+class StandInSettings:
+    """The node settings a role reads (`zmqllm.node.roles.RoleSettings`), for in-process role tests."""
+
+    name: str = "a"
+    send_buffer_bytes: int = 1 << 20
+    data_dir: Path | None = None
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    """Let the event loop run until `predicate` holds; fail after `timeout` seconds."""
+    import asyncio
+
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)

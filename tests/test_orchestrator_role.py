@@ -3,10 +3,11 @@ records the steps it is given and lets the test end them. No sockets, no daemon,
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from conftest import StandInSettings, until
 
 from zmqllm.core import protocol
 from zmqllm.core.tasks import OriginTask, TaskSpec
@@ -15,14 +16,6 @@ from zmqllm.node.orchestrator import Orchestrator
 
 ENSEMBLE = Path(__file__).parent.parent / "configs" / "workflows" / "ensemble.toml"
 CLIENT = b"client-1"
-WAIT_S = 5.0
-
-
-@dataclass
-class Settings:
-    name: str = "a"
-    send_buffer_bytes: int = 1 << 20
-    data_dir: None = None
 
 
 @dataclass
@@ -46,7 +39,7 @@ class LocalTasks:
 
 @dataclass
 class Host:
-    settings: Settings = field(default_factory=Settings)
+    settings: StandInSettings = field(default_factory=StandInSettings)
     engine: EchoEngine = field(default_factory=EchoEngine)
     journal: None = None
     origin: LocalTasks = field(default_factory=LocalTasks)
@@ -65,12 +58,6 @@ class Host:
 def run_message(run_id: str) -> protocol.Message:
     return protocol.make("RUN", src="client", id=1, run_id=run_id, spec=ENSEMBLE.read_text(),
                          source="ensemble.toml", input="What is the largest planet?")
-
-
-async def until(predicate: Any) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 def finish(host: Host, index: int, text: str, peer: str) -> None:

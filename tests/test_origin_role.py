@@ -7,6 +7,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from conftest import StandInSettings
+
 from zmqllm.core import protocol
 from zmqllm.core.events import EventHub
 from zmqllm.core.membership import Identity, Liveness, Load, PeerTable
@@ -19,17 +21,10 @@ CLIENT = b"client-1"
 
 
 @dataclass
-class Settings:
-    name: str = "a"
-    send_buffer_bytes: int = 1 << 20
-    data_dir: None = None
-
-
-@dataclass
 class Host:
     """Stands in for node a, which serves no model itself: every task goes to peer b or c."""
 
-    settings: Settings = field(default_factory=Settings)
+    settings: StandInSettings = field(default_factory=StandInSettings)
     node_id: str = "id-a"
     journal: None = None
     events: EventHub = field(default_factory=EventHub)

@@ -4,9 +4,10 @@ one each stop exactly their own work."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
+
+from conftest import StandInSettings, until
 
 from zmqllm.core import protocol
 from zmqllm.engines.echo import EchoEngine
@@ -14,22 +15,13 @@ from zmqllm.net.transport import Sent
 from zmqllm.node.executor import Executor
 from zmqllm.node.remote import RemoteTasks
 
-WAIT_S = 5.0
-
-
-@dataclass
-class Settings:
-    name: str = "c"
-    send_buffer_bytes: int = 1 << 20
-    data_dir: None = None
-
 
 @dataclass
 class Host:
     """Stands in for the node: records every reply by receiver."""
 
     engine: EchoEngine = field(default_factory=lambda: EchoEngine(rate=200, slots=4))
-    settings: Settings = field(default_factory=Settings)
+    settings: StandInSettings = field(default_factory=lambda: StandInSettings("c"))
     sent: list[tuple[bytes, str, dict[str, Any]]] = field(default_factory=list)
     executor: Executor = field(init=False)
 
@@ -55,12 +47,6 @@ def assign(origin_id: str, task_id: str, max_tokens: int = 20, **extra: Any) -> 
 
 def cancel(origin_id: str, task_id: str) -> protocol.Message:
     return protocol.make("CANCEL", src=origin_id, id=2, task_id=task_id)
-
-
-async def until(predicate: Any) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 async def test_two_origins_may_use_one_task_id_and_each_cancels_only_its_own() -> None:
