@@ -15,10 +15,11 @@ MAY_IMPORT: dict[str, set[str]] = {
     "engines": {"core", "engines"},
     "workflow": {"core", "workflow"},
     "client": {"core", "net", "client"},
-    "node": {"core", "net", "engines", "workflow", "node"},
+    "http": {"core", "http"},
+    "node": {"core", "net", "engines", "workflow", "http", "node"},
     "tui": {"core", "client", "workflow", "tui"},
-    "bench": {"core", "net", "engines", "workflow", "client", "node", "tui", "bench"},
-    "cli": {"core", "net", "engines", "workflow", "client", "node", "tui", "bench", "cli"},
+    "bench": {"core", "net", "engines", "workflow", "client", "http", "node", "tui", "bench"},
+    "cli": {"core", "net", "engines", "workflow", "client", "http", "node", "tui", "bench", "cli"},
 }
 """Each layer and the layers it may import (itself included); `zmqllm` itself (the version) is open to all."""
 

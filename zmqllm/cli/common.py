@@ -41,6 +41,9 @@ def config_options(command: Callable[..., Any], json_logs_flag: str = "--json") 
         help_text = f"{key.help} [env: {key.env_var}]"
         if key.name == "peers":
             option = click.option("--peer", "peers", multiple=True, metavar="ENDPOINT", help=help_text + " (repeatable)")
+        elif key.type is tuple:
+            option = click.option(key.flag, key.name, multiple=True, metavar="HOST:PORT",
+                                  help=help_text + " (repeatable)")
         elif key.name == "json_logs":
             option = click.option(json_logs_flag, "json_logs", is_flag=True, default=None, help=help_text)
         elif key.type is bool:
@@ -50,6 +53,12 @@ def config_options(command: Callable[..., Any], json_logs_flag: str = "--json") 
             option = click.option(key.flag, key.name, type=kind, default=None, help=help_text)
         command = option(command)
     return command
+
+
+def unset_empty_lists(flags: dict[str, Any]) -> dict[str, Any]:
+    """A repeatable flag not given comes as (); None says "not given", so the environment or file decide."""
+    return {name: None if KEYS[name].type is tuple and not value else value
+            for name, value in flags.items()}
 
 
 def client_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from zmqllm.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, config_options
+from zmqllm.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, config_options, unset_empty_lists
 from zmqllm.node.config import BUNDLED_MODEL, ConfigError, check_model, load_config
 
 @click.command()
@@ -26,9 +26,10 @@ def daemon(config_path: str | None, **flags: Any) -> None:
       zmqllm daemon --config configs/mesh/node-a.toml
       zmqllm daemon --name b --bind tcp://0.0.0.0:5556 --peer tcp://hostA:5555
       zmqllm daemon --name c --bind tcp://127.0.0.1:0 --peer tcp://127.0.0.1:5555 --engine echo
+      zmqllm daemon --model bundled:gemma3-270m --http 127.0.0.1:8080
+      zmqllm daemon --http 0.0.0.0:8080 --api-key "$(cat ~/.config/zmqllm/http.key)"
     """
-    if not flags.get("peers"):
-        flags["peers"] = None
+    flags = unset_empty_lists(flags)
     try:
         config = load_config(config_path, overrides=flags)
     except ConfigError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from zmqllm import __version__
-from zmqllm.cli.common import EXIT_USAGE, CliError, config_options
+from zmqllm.cli.common import EXIT_USAGE, CliError, config_options, unset_empty_lists
 from zmqllm.node.journal import JOURNAL_FILE
 from zmqllm.node import paths
 from zmqllm.node.config import ConfigError, NodeConfig, data_dir_for, resolve_config
@@ -60,10 +60,16 @@ def describe(config: NodeConfig, sources: dict[str, str], config_path: str | Non
             "state_file": {"path": str(state), "source": _base_source("XDG_STATE_HOME")},
         },
         "connect": {"endpoint": paths.default_connect(), "source": connect_source},
-        "settings": {name: {"value": list(value) if isinstance(value, tuple) else value,
-                            "source": _layer(sources[name])}
+        "settings": {name: {"value": _shown(name, value), "source": _layer(sources[name])}
                      for name, value in ((n, getattr(config, n)) for n in sources)},
     }
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A setting as `info` prints it: lists as lists; a secret (the HTTP API keys) only as whether it is set."""
+    if name == "api_key" and value is not None:
+        return f"set ({len(value.split(','))} key(s), hidden)"
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _text(doc: dict[str, Any]) -> str:
@@ -94,8 +100,7 @@ def info(config_path: str | None, as_json: bool, **flags: Any) -> None:
       zmqllm info
       zmqllm info --config /etc/zmqllm/daemon.toml --json
     """
-    if not flags.get("peers"):
-        flags["peers"] = None
+    flags = unset_empty_lists(flags)
     try:
         config, sources = resolve_config(config_path, overrides=flags)
     except ConfigError as exc:

@@ -28,6 +28,7 @@ from zmqllm.node.journal import DEFAULT_KEEP_DAYS, DEFAULT_MAX_MB
 __all__ = [
     "ConfigError", "NodeConfig", "Key", "KEYS", "ENV_PREFIX",
     "load_config", "resolve_config", "parse_text", "data_dir_for", "default_name", "check_model",
+    "http_address", "api_keys",
 ]
 
 ENV_PREFIX = "ZMQLLM_"
@@ -46,6 +47,7 @@ MAX_SEND_BUFFER_MB = 4096
 _TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9*][A-Za-z0-9.*_%-]*)"
                   r":(?P<port>\*|[0-9]{1,5})$")
 _IPC = re.compile(r"^ipc://\S+$")
+_HTTP = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9][A-Za-z0-9._-]*):(?P<port>[0-9]{1,5})$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number",
@@ -89,6 +91,10 @@ class NodeConfig:
     chat_format: str | None = None
     flash_attn: bool | None = None
     """None until `load_config` resolves it: on when llama batches (slots > 1)."""
+    http: tuple[str, ...] = ()
+    api_key: str | None = None
+    """Comma-separated when there are several; never logged or shown."""
+    allow_unauthenticated_http: bool = False
 
     @property
     def suspect_after_s(self) -> float:
@@ -166,6 +172,10 @@ KEYS: dict[str, Key] = dict([
     _key("chat_format", str, "llama chat template name (default: from the model)", optional=True),
     _key("flash_attn", bool, "llama flash attention (default: on when slots > 1, as llama-server's 'auto' "
                              "picks on CPU and GPU; off for slots = 1, as llama-cpp-python)", optional=True),
+    _key("http", tuple, "HTTP gateway address HOST:PORT (OpenAI-compatible API; port 0 picks a free one)"),
+    _key("api_key", str, "key(s) HTTP clients must send as 'Authorization: Bearer KEY'; comma-separated for "
+                         "several", optional=True),
+    _key("allow_unauthenticated_http", bool, "let an HTTP address other machines can reach run without api_key"),
 ])
 if set(KEYS) != set(_FIELDS):
     raise RuntimeError(f"KEYS and NodeConfig must list the same keys: {sorted(set(KEYS) ^ set(_FIELDS))}")
@@ -388,11 +398,40 @@ def _validate(c: NodeConfig, source) -> None:
                               "set: make one (zmqllm keys new FILE), give every machine of the mesh the same file "
                               "(mesh_key, --mesh-key or ZMQLLM_MESH_KEY), or set allow_plaintext = true "
                               "(--allow-plaintext) to run the mesh unencrypted and open to anyone who can reach it")
+    _check_http(c, source)
     if c.engine == "llama" and c.model is None:
         raise ConfigError(f"{source('engine')}: key 'model' is required when engine is "
                           f"'llama' (a GGUF path or '{BUNDLED_MODEL}')")
     if c.engine == "llama" and c.model is not None:
         check_model(c.model, source("model"))
+
+
+def http_address(text: str) -> tuple[str, int] | None:
+    """`HOST:PORT` (`[v6]:PORT` for IPv6) as (host, port), or None when it is not one."""
+    match = _HTTP.match(text)
+    if match is None or int(match["port"]) > PORT_MAX:
+        return None
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def api_keys(config: NodeConfig) -> tuple[str, ...]:
+    """The HTTP API keys `api_key` holds (comma-separated), blanks dropped."""
+    return tuple(part.strip() for part in (config.api_key or "").split(",") if part.strip())
+
+
+def _check_http(c: NodeConfig, source) -> None:
+    """Every `http` address parses; one beyond loopback needs an API key (as a bind beyond loopback needs the
+    mesh key), unless allow_unauthenticated_http says the operator means it."""
+    for address in c.http:
+        parsed = http_address(address)
+        if parsed is None:
+            raise _fail(source("http"), "http", f"HOST:PORT with PORT 0-{PORT_MAX}", show_value(address))
+        open_to_others = not (parsed[0] == "localhost" or parsed[0] == "::1" or parsed[0].startswith("127."))
+        if open_to_others and not api_keys(c) and not c.allow_unauthenticated_http:
+            raise ConfigError(f"{source('http')}: HTTP address {address} is reachable from other machines, and no "
+                              "api_key is set: set one (api_key, --api-key or ZMQLLM_API_KEY; clients send "
+                              "'Authorization: Bearer KEY'), or set allow_unauthenticated_http = true "
+                              "(--allow-unauthenticated-http) to serve it open to anyone who can reach it")
 
 
 def check_model(model: str, source: str) -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from zmqllm.net import keys
 from zmqllm.node import paths
-from zmqllm.node.config import NodeConfig, data_dir_for
+from zmqllm.node.config import NodeConfig, api_keys, data_dir_for, http_address
 from zmqllm.node.datadir import DataDirInUse
 from zmqllm.engines.base import Engine, EngineError
 from zmqllm.core.membership import Liveness
 from zmqllm.node.journal import Retention
 from zmqllm.node.node import FatalNodeError, Node, NodeSettings
+from zmqllm.core.tasks import TaskSpec
+from zmqllm.http.host import TaskListener
 
 log = logging.getLogger("zmqllm.daemon")
 
@@ -40,12 +45,71 @@ def settings_from(config: NodeConfig) -> NodeSettings:
     )
 
 
-def announce_ready(node: Node) -> None:
-    """The one line scripts and `zmqllm up` wait for (CONTRACT: ready line)."""
+def announce_ready(node: Node, http: Sequence[str] = ()) -> None:
+    """The one line scripts and `zmqllm up` wait for (CONTRACT: ready line); `http` the gateway's real URLs."""
     models = ",".join(node.engine.models)
-    log.info("ready name=%s endpoint=%s models=%s", node.settings.name, node.endpoint, models,
-             extra={"fields": {"event": "ready", "name": node.settings.name, "endpoint": node.endpoint,
-                               "models": list(node.engine.models), "node_id": node.node_id}})
+    fields: dict[str, Any] = {"event": "ready", "name": node.settings.name, "endpoint": node.endpoint,
+                              "models": list(node.engine.models), "node_id": node.node_id}
+    if http:
+        fields["http"] = list(http)
+    log.info("ready name=%s endpoint=%s models=%s%s", node.settings.name, node.endpoint, models,
+             "".join(f" http={url}" for url in http), extra={"fields": fields})
+
+
+class NodeMesh:
+    """The HTTP gateway's view of this node (`zmqllm.http.host.Mesh`): a request is a task originated here,
+    exactly like a client's SUBMIT (routing, failover, journal, dashboard traces)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @property
+    def name(self) -> str:
+        return self.node.settings.name
+
+    def models(self) -> dict[str, list[str]]:
+        table = self.node.table
+        served: dict[str, list[str]] = {}
+        for row in table.rows(self.node.clock(), self.node.load()) if table is not None else []:
+            if row["state"] in ("alive", "suspect"):
+                for model in row["models"]:
+                    served.setdefault(model, []).append(row["name"])
+        return served
+
+    def submit(self, spec: TaskSpec, listener: TaskListener) -> str | None:
+        return self.node.origin.submit_local(spec, listener)
+
+    def cancel(self, task_id: str) -> None:
+        self.node.origin.cancel(task_id)
+
+
+async def _run_node(node: Node, config: NodeConfig) -> None:
+    """Run the node; once it has bound, start the HTTP gateway (if asked) and say ready. The gateway stops
+    after the node, whose shutdown has ended every task an HTTP client was waiting on."""
+    if not config.http:
+        await node.run(on_ready=announce_ready)
+        return
+    from zmqllm.http.server import Gateway  # aiohttp loads only for a daemon that serves HTTP
+
+    gateway = Gateway(NodeMesh(node), [http_address(a) for a in config.http], api_keys(config))
+    bound = asyncio.Event()
+    running = asyncio.create_task(node.run(on_ready=lambda _node: bound.set()))
+    waiting = asyncio.create_task(bound.wait())
+    try:
+        await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if bound.is_set():
+            try:
+                urls = await gateway.start()
+            except OSError as exc:
+                node.stop()
+                await running
+                raise DaemonError(f"key 'http': cannot serve HTTP on {', '.join(config.http)}: {exc.strerror or exc}",
+                                  exit_code=2) from None
+            announce_ready(node, urls)
+        await running
+    finally:
+        waiting.cancel()
+        await gateway.stop()
 
 
 async def serve(config: NodeConfig) -> None:
@@ -62,7 +126,7 @@ async def serve(config: NodeConfig) -> None:
     node = Node(settings_from(config), engine)
     node.install_signal_handlers()
     try:
-        await node.run(on_ready=announce_ready)
+        await _run_node(node, config)
     except DataDirInUse as exc:
         raise DaemonError(str(exc), exit_code=2) from None  # 2: a setting to change (README: exit codes)
     except FatalNodeError as exc:

@@ -1,0 +1,205 @@
+"""OpenAI's completions and chat completions: a request body checked into a task, and the task's tokens and
+ending shaped into OpenAI's responses and stream chunks. Pure: no sockets, no clock (`created` is passed in).
+
+Unknown fields are ignored, as OpenAI does; a known field of the wrong type or range is a 400 naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from zmqllm import __version__
+from zmqllm.core.chat import check_messages
+from zmqllm.core.tasks import TaskSpec
+from zmqllm.core.validation import MAX_STOPS, MAX_STOP_CHARS, MAX_TOKENS_LIMIT
+from zmqllm.http.errors import ApiError, bad
+
+Kind = Literal["completion", "chat"]
+DEFAULT_MAX_TOKENS = 128
+"""As `zmqllm submit`'s default, for a request that names no max_tokens."""
+SYSTEM_FINGERPRINT = f"zmqllm-{__version__}"
+SSE_DONE = b"data: [DONE]\n\n"
+
+_RANGES: dict[str, tuple[type, float, float]] = {
+    "temperature": (float, 0.0, 2.0), "top_p": (float, 0.0, 1.0), "min_p": (float, 0.0, 1.0),
+    "top_k": (int, 0, 2**31 - 1), "repeat_penalty": (float, 0.0, math.inf), "seed": (int, -(2**63), 2**63 - 1),
+}
+"""Sampling fields a request may carry (OpenAI's and llama.cpp's extras), their type and closed range."""
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+"""OpenAI's roles as a task's chat knows them (`developer` is the newer name for `system`)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked completion or chat request: what the task runs and how the reply is shaped."""
+
+    kind: Kind
+    model: str | None
+    prompt: str
+    messages: tuple[dict[str, str], ...]
+    max_tokens: int
+    params: dict[str, Any]
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+    def spec(self, task_id: str, peer: str | None = None) -> TaskSpec:
+        return TaskSpec(task_id, self.prompt, self.max_tokens, dict(self.params), self.stop, self.model, peer,
+                        self.messages)
+
+
+def parse(kind: Kind, body: Any) -> Request:
+    """Check a request body; raises `ApiError` (400) naming the first parameter at fault."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    model = _optional(body, "model", str)
+    if kind == "chat":
+        prompt, messages = "", _messages(body.get("messages"))
+    else:
+        prompt, messages = _prompt(body.get("prompt")), ()
+    max_tokens = _optional(body, "max_completion_tokens", int) if kind == "chat" else None
+    if max_tokens is None:
+        max_tokens = _optional(body, "max_tokens", int)
+    if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise bad("max_tokens", f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {max_tokens}")
+    n = _optional(body, "n", int)
+    if n is not None and n != 1:
+        raise bad("n", f"n must be 1 (several choices are not served yet), got {n}")
+    _optional(body, "user", str)
+    params = {}
+    for name, (typ, low, high) in _RANGES.items():
+        value = _optional(body, name, typ)
+        if value is not None:
+            if not low <= value <= high:
+                raise bad(name, f"{name} must be between {low:g} and {high:g}, got {value}")
+            params[name] = value
+    stream = bool(_optional(body, "stream", bool))
+    options = _optional(body, "stream_options", dict) or {}
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad("stream_options.include_usage", "stream_options.include_usage must be a boolean")
+    return Request(kind, model, prompt, messages, max_tokens or DEFAULT_MAX_TOKENS, params, _stop(body.get("stop")),
+                   stream, include_usage and stream)
+
+
+def _optional(body: dict[str, Any], name: str, typ: type) -> Any:
+    """The field's value, None when absent or null; a wrong type is a 400 (an int passes for a float)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        word = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "an object"}[typ]
+        raise bad(name, f"{name} must be {word}, got {json.dumps(value)[:40]}")
+    if typ is float and not math.isfinite(value):
+        raise bad(name, f"{name} must be a finite number")
+    return value
+
+
+def _prompt(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]  # OpenAI takes a batch of prompts; one is one task
+    if not isinstance(value, str):
+        raise bad("prompt", "prompt must be a string (or a list of one string; token ids and batches are not "
+                            "served)")
+    return value
+
+
+def _messages(value: Any) -> tuple[dict[str, str], ...]:
+    """OpenAI messages as a task's chat: text parts joined, `name` dropped; tools are not served."""
+    if not isinstance(value, list):
+        raise bad("messages", "messages must be a list of {role, content} objects")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise bad(f"messages[{i}]", f"messages[{i}] must be an object with role one of "
+                                        f"{', '.join(_ROLES)} (tools are not served)")
+        out.append({"role": _ROLES[message["role"]], "content": _content(message.get("content"), i)})
+    problem = check_messages(out)
+    if problem is not None:
+        raise bad("messages", problem)
+    return tuple(out)
+
+
+def _content(content: Any, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise bad(f"messages[{i}].content", f"messages[{i}].content must be a string or a list of text parts")
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    stops = [value] if isinstance(value, str) else [] if value is None else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+        raise bad("stop", f"stop must be a string or a list of strings of 1-{MAX_STOP_CHARS} characters")
+    if len(stops) > MAX_STOPS:
+        raise bad("stop", f"stop may hold at most {MAX_STOPS} sequences, got {len(stops)}")
+    return tuple(stops)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How one request's answer is shaped: its id, creation time (Unix seconds) and the model that ran it."""
+
+    kind: Kind
+    id: str
+    created: int
+    model: str
+
+    def _envelope(self, chunk: bool) -> dict[str, Any]:
+        kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.kind == "chat" else "text_completion"
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": SYSTEM_FINGERPRINT}
+
+    def response(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        """The whole answer of a request that did not stream."""
+        if self.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._envelope(False), "choices": [choice], "usage": usage_of(usage)}
+
+    def chunk(self, text: str | None, finish_reason: str | None = None, first: bool = False,
+              with_usage: bool = False) -> dict[str, Any]:
+        """One streamed piece (`text` None: the closing chunk carrying finish_reason). `with_usage` adds
+        `usage: null`, as OpenAI does on every chunk when the last one will carry the usage."""
+        if self.kind == "chat":
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if first:
+                delta = {"role": "assistant", **delta}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        out = {**self._envelope(True), "choices": [choice]}
+        return {**out, "usage": None} if with_usage else out
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        """The last chunk when `stream_options.include_usage`: no choices, the usage."""
+        return {**self._envelope(True), "choices": [], "usage": usage_of(usage)}
+
+
+def usage_of(usage: dict[str, Any]) -> dict[str, int]:
+    """A task's usage (CONTRACT: `done`) with OpenAI's total."""
+    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def models_list(served: dict[str, list[str]]) -> dict[str, Any]:
+    """`GET /v1/models`: every model the mesh serves, with the live nodes serving it."""
+    return {"object": "list", "data": [model_entry(name, nodes) for name, nodes in sorted(served.items())]}
+
+
+def model_entry(name: str, nodes: list[str]) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "zmqllm", "nodes": sorted(nodes)}
+
+
+def sse(event: dict[str, Any]) -> bytes:
+    """One server-sent event: `data: {json}` and a blank line."""
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
