@@ -131,7 +131,8 @@ def test_a_second_up_refuses_naming_the_running_mesh_and_leaves_it_intact(first_
     state = json.loads(state_file.read_text())
     log = Path(up_env["ZMQLLM_HOME"]) / "logs" / "n1.log"
     log_before = log.read_text()
-    second = run_cli(up_env, "up", "--engine", "echo", "--nodes", "1", "--no-dash", timeout=UP_READY_S)
+    # without a terminal and without --no-dash: the refusal is its one line (no "running headless" first)
+    second = run_cli(up_env, "up", "--engine", "echo", "--nodes", "1", timeout=UP_READY_S)
     assert second.returncode == 1, second
     assert second.stderr.count("\n") == 1 and "a mesh is already up" in second.stderr
     assert state["connect"] in second.stderr and f"pid {state['pid']}" in second.stderr

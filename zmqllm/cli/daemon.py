@@ -86,12 +86,15 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
         except ConfigError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
     dashboard = not (no_dash or as_json)
-    if dashboard and not sys.stdout.isatty():
+    headless = dashboard and not sys.stdout.isatty()
+
+    def say_headless() -> None:  # once this `up` is sure to run (a second one is refused first)
         click.echo(f"no terminal: running headless; open the dashboard in one with `{command_name()} dash`",
                    err=True)
-        dashboard = False
+
     try:
         sys.exit(run_mesh(nodes=nodes or default_nodes(engine), engine=engine, model=model, echo_rate=echo_rate,
-                          heartbeat_interval=heartbeat_interval, as_json=as_json, dashboard=dashboard))
+                          heartbeat_interval=heartbeat_interval, as_json=as_json, dashboard=dashboard and not headless,
+                          on_start=say_headless if headless else None))
     except LaunchError as exc:
         raise CliError(str(exc)) from None

@@ -78,11 +78,12 @@ def _text(doc: dict[str, Any]) -> str:
     rows += ["  (a daemon logs to stderr, so to journald under systemd; logs/ holds those `zmqllm up` started)"]
     rows += ["", f"client commands connect to {doc['connect']['endpoint']} ({doc['connect']['source']})", "",
              "daemon settings (flag > environment > file > default):"]
+    width = max(len(name) for name in doc["settings"])
     for name, entry in doc["settings"].items():
         value = entry["value"]
         shown = ", ".join(value) if isinstance(value, list) else str(value)
         shown = "-" if value is None or not shown else shown
-        rows.append(f"  {name:<18} {shown:<28} {entry['source']}")
+        rows.append(f"  {name:<{width}} {shown:<28} {entry['source']}")
     return "\n".join(rows)
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -164,11 +165,14 @@ def _emit(as_json: bool, record: dict[str, Any], text: str) -> None:
 
 
 def run_mesh(*, nodes: int, engine: str, model: str, echo_rate: float, heartbeat_interval: float,
-             as_json: bool, dashboard: bool = False) -> int:
+             as_json: bool, dashboard: bool = False, on_start: Callable[[], None] | None = None) -> int:
     """Start the mesh, report it, then open the dashboard on it (until the user quits)
     or supervise until SIGINT/SIGTERM; returns the exit code. Every daemon started is
-    stopped on the way out. A LaunchError if another `up` runs on the same state dir."""
+    stopped on the way out. A LaunchError if another `up` runs on the same state dir;
+    `on_start` is called once this one holds the state dir, before any daemon starts."""
     lock = hold_up_lock()
+    if on_start is not None:
+        on_start()
     try:
         return _run_locked(nodes=nodes, engine=engine, model=model, echo_rate=echo_rate,
                            heartbeat_interval=heartbeat_interval, as_json=as_json, dashboard=dashboard)
