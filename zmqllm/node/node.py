@@ -224,10 +224,8 @@ class Node:
             link.channel.send([protocol.encode(bye)])
         if self.mailer is not None:
             self.mailer.flush()
-        for link in self.links.values():
-            if link.monitor is not None:
-                link.monitor.close()
-            link.channel.close(SHUTDOWN_LINGER_MS)
+        for link in list(self.links.values()):
+            self._close_link(link, "this node is stopping", SHUTDOWN_LINGER_MS)
         if self._router_monitor is not None:
             self._router_monitor.close()
         if self.router is not None:
@@ -383,8 +381,10 @@ class Node:
             log.info("peer %s %s (%s, models=%s)", identity.name, change, identity.endpoint, ",".join(identity.models))
         self.dial(identity.endpoint)
         link = self.links.get(identity.endpoint)
-        if link is not None and link.node_id != identity.node_id and reply_to is not None:
-            self._say_hello(link)  # a new process at a known address must learn of us too; its WELCOME names it
+        if link is not None and link.node_id not in (None, identity.node_id) and reply_to is not None:
+            # a new process at a known address must learn of us too; its WELCOME names it (a link not yet
+            # answered is greeted by `dial` and every heartbeat round already)
+            self._say_hello(link)
         return True
 
     def _on_transition(self, change: Transition) -> None:
@@ -412,12 +412,12 @@ class Node:
                 self._close_link(link, f"no answer in {unanswered_s:g} s")
         return period
 
-    def _close_link(self, link: Link, why: str) -> None:
+    def _close_link(self, link: Link, why: str, linger_ms: int = 0) -> None:
         log.debug("closing the link to %s: %s", link.endpoint, why)
         self.links.pop(link.endpoint, None)
         if link.monitor is not None:
             link.monitor.close()
-        link.channel.close()
+        link.channel.close(linger_ms)
 
     def _heartbeat_round(self) -> float:
         """Beat to every peer link (HELLO where the peer is not known alive yet); returns the wait to the next."""
@@ -507,8 +507,7 @@ class Node:
                 return
             if self._observe(message.fields, None, None):
                 link.node_id = message.src
-                for endpoint in new_endpoints(message["peers"], self.table.known_endpoints())[:MAX_DIALS_PER_GOSSIP]:
-                    self.dial(endpoint)
+                self._follow_gossip(message["peers"])
             return
         if kind == "ERROR" and message["code"] == "name_taken":
             self._on_name_taken(link, message["message"])
@@ -545,8 +544,13 @@ class Node:
                 self.send_to_peer(message["node_id"], "PEERS", peers=self.table.gossip_rows())
 
     def on_peers(self, identity: bytes, message: Message, is_peer: bool) -> None:
+        self._follow_gossip(message["peers"])
+
+    def _follow_gossip(self, rows: list[dict[str, Any]]) -> None:
+        """Dial the endpoints a WELCOME or PEERS names that this node does not know: `MAX_DIALS_PER_GOSSIP`
+        at most per message."""
         if self.table is not None:
-            for endpoint in new_endpoints(message["peers"], self.table.known_endpoints())[:MAX_DIALS_PER_GOSSIP]:
+            for endpoint in new_endpoints(rows, self.table.known_endpoints())[:MAX_DIALS_PER_GOSSIP]:
                 self.dial(endpoint)
 
     def on_bye(self, identity: bytes, message: Message, is_peer: bool) -> None:

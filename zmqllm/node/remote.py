@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zmqllm.engines.base import EngineError, GenerationRequest, GenerationResult, TokenChunk
+from zmqllm.engines.base import EngineError, GenerationResult, TokenChunk
 from zmqllm.core.protocol import Message
 from zmqllm.core.tasks import TaskSpec, done_fields
 from zmqllm.core.validation import validate_spec
@@ -53,7 +53,8 @@ class RemoteTasks:
         if key in self.jobs:
             node.reply(origin, "ACCEPT", re=message.id, task_id=task_id)
             return
-        problem = _assign_problem(message)
+        spec = TaskSpec.from_submit(message.fields)  # an ASSIGN carries a SUBMIT's task fields
+        problem = _assign_problem(spec, message)
         if problem is not None:
             node.reply(origin, "REJECT", re=message.id, final=True, task_id=task_id, code="bad_request",
                        message=f"{node.settings.name}: {problem}")
@@ -63,9 +64,7 @@ class RemoteTasks:
                        message=f"{node.settings.name} does not serve {message['model']!r}")
             return
         job = RemoteJob(task_id, origin, message.src, message.get("start_seq", 0))
-        request = GenerationRequest(message["prompt"], message["max_tokens"], dict(message["params"]),
-                                    tuple(message["stop"]), tuple(message.get("messages") or ()),
-                                    tuple(message.get("resume_ids") or ()))
+        request = spec.request(tuple(message.get("resume_ids") or ()))
         self.jobs[key] = job
         if not node.executor.submit(key, request, lambda chunk: self._on_token(job, chunk),
                                     lambda outcome, timings: self._on_end(job, outcome, timings)):
@@ -129,11 +128,9 @@ class RemoteTasks:
                         **done_fields(name, outcome, timings))
 
 
-def _assign_problem(message: Message) -> str | None:
+def _assign_problem(spec: TaskSpec, message: Message) -> str | None:
     """An ASSIGN passes the checks a SUBMIT passes (an origin may be buggy, or not a zmqllm node), and
     its failover fields must fit the task: no more replayed tokens than it may produce."""
-    spec = TaskSpec(message["task_id"], message["prompt"], message["max_tokens"], dict(message["params"]),
-                    tuple(message["stop"]), message["model"], None, tuple(message.get("messages") or ()))
     problem = validate_spec(spec)
     if problem is not None:
         return problem
