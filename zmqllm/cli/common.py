@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from zmqllm.client import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT_S, AsyncClient, MeshUnreachable, RequestFailed
+from zmqllm.core.generation import SAMPLING_KEYS, SAMPLING_RANGES
 from zmqllm.node import paths
 from zmqllm.node.config import KEYS
 
@@ -102,17 +103,27 @@ def read_prompt(prompt: str) -> str:
     return prompt
 
 
+def _sampling_range(key: str) -> click.ParamType:
+    """The engines' own range for a sampling parameter (`SAMPLING_RANGES`), as a click type: out of range is a
+    usage error here, not a failed task later."""
+    allowed = SAMPLING_RANGES[key]
+    if SAMPLING_KEYS[key] is int:
+        return click.IntRange(min=int(allowed.low), max=None if allowed.high is None else int(allowed.high),
+                              min_open=allowed.low_open)
+    return click.FloatRange(min=allowed.low, max=allowed.high, min_open=allowed.low_open)
+
+
 def task_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `submit` and `chat`: placement, sampling, ids."""
     options = [
         click.option("--model", help="model name, exactly as `zmqllm models` lists it (default: the only one)"),
         click.option("--peer", help="run on this node (by name)"),
         click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS, show_default=True),
-        click.option("--temperature", type=click.FloatRange(min=0), help="0 = greedy"),
-        click.option("--top-p", type=click.FloatRange(0, 1)),
-        click.option("--top-k", type=click.IntRange(min=0), help="0 = no limit"),
-        click.option("--min-p", type=click.FloatRange(0, 1)),
-        click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True)),
+        click.option("--temperature", type=_sampling_range("temperature"), help="0 = greedy"),
+        click.option("--top-p", type=_sampling_range("top_p")),
+        click.option("--top-k", type=_sampling_range("top_k"), help="0 = no limit"),
+        click.option("--min-p", type=_sampling_range("min_p")),
+        click.option("--repeat-penalty", type=_sampling_range("repeat_penalty")),
         click.option("--seed", type=int, help="same seed and parameters: same output"),
         click.option("--stop", multiple=True, help="stop sequence (repeatable)"),
         click.option("--task-id", help="your own task id; resending it never runs the task twice"),

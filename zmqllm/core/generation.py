@@ -19,6 +19,35 @@ SAMPLING_KEYS: dict[str, type] = {
 strings) is carried separately in `GenerationRequest.stop`."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a sampling parameter may take: from `low` (excluded when `low_open`) up to `high`."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    note: str = ""
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        rule = (f"in [{self.low:g}, {self.high:g}]" if self.high is not None else
+                f"{'>' if self.low_open else '>='} {self.low:g}")
+        return f"{rule} ({self.note})" if self.note else rule
+
+
+SAMPLING_RANGES: dict[str, Range] = {
+    "temperature": Range(0.0),
+    "top_p": Range(0.0, 1.0),
+    "top_k": Range(0, note="0 = no limit"),
+    "min_p": Range(0.0, 1.0),
+    "repeat_penalty": Range(0.0, low_open=True),
+}
+"""What the engines accept; the command line's options take their ranges from here too."""
+
+
 class EngineError(Exception):
     """A request the engine cannot serve (bad parameters, model failure).
 

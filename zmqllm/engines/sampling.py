@@ -24,6 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from zmqllm.core.generation import SAMPLING_RANGES
 from zmqllm.engines.base import SAMPLING_KEYS, EngineError, TokenChunk
 
 # create_completion's defaults in llama-cpp-python 0.3.36.
@@ -77,16 +78,9 @@ def parse_sampling(params: dict[str, Any]) -> Sampling:
             if not math.isfinite(value):
                 raise EngineError("bad_request", f"{key} must be finite, got {value!r}")
         values[key] = value
-    checks = [
-        ("temperature", values["temperature"] >= 0.0, ">= 0"),
-        ("top_p", 0.0 <= values["top_p"] <= 1.0, "in [0, 1]"),
-        ("top_k", values["top_k"] >= 0, ">= 0 (0 = no limit)"),
-        ("min_p", 0.0 <= values["min_p"] <= 1.0, "in [0, 1]"),
-        ("repeat_penalty", values["repeat_penalty"] > 0.0, "> 0"),
-    ]
-    for key, ok, rule in checks:
-        if not ok:
-            raise EngineError("bad_request", f"{key} must be {rule}, got {values[key]!r}")
+    for key, allowed in SAMPLING_RANGES.items():
+        if not allowed.holds(values[key]):
+            raise EngineError("bad_request", f"{key} must be {allowed}, got {values[key]!r}")
     seed = values.get("seed")
     return Sampling(
         temperature=values["temperature"],
