@@ -42,6 +42,9 @@ class StandInMesh:
     def cancel(self, task_id: str) -> None:
         self.cancelled.append(task_id)
 
+    def executor_of(self, task_id: str) -> str | None:
+        return "solo"
+
 
 async def serve(mesh: StandInMesh) -> TestClient:
     client = TestClient(TestServer(Gateway(mesh, [], ["key"]).app()))

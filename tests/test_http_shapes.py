@@ -43,7 +43,7 @@ def test_a_chat_keeps_its_messages_and_prefers_max_completion_tokens():
     ("completion", {"prompt": "x", "top_k": 2.5}, "top_k"),
     ("completion", {"prompt": "x", "stop": ["a", ""]}, "stop"),
     ("completion", {"prompt": "x", "stop": ["s"] * 17}, "stop"),
-    ("completion", {"prompt": "x", "n": 2}, "n"),
+    ("completion", {"prompt": "x", "n": 17}, "n"),
     ("completion", {"prompt": "x", "model": 7}, "model"),
     ("completion", {"prompt": "x", "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
     ("chat", {"messages": []}, "messages"),
@@ -65,22 +65,34 @@ def test_a_body_that_is_no_object_is_a_400():
 
 
 def test_whole_responses_and_chunks_have_openais_shape():
-    reply = openai.Reply("chat", "chatcmpl-1", 1700000000, "m")
-    whole = reply.response("hi", "stop", {"prompt_tokens": 2, "completion_tokens": 1})
+    reply = openai.Framing("chat", "chatcmpl-1", 1700000000, "m", include_usage=True)
+    whole = reply.whole(["hi"], [{"finish_reason": "stop", "usage": {"prompt_tokens": 2, "completion_tokens": 1}}])
     assert whole["object"] == "chat.completion" and whole["choices"][0]["message"] == {"role": "assistant",
                                                                                       "content": "hi"}
     assert whole["usage"] == {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}
-    first = reply.chunk("h", first=True, with_usage=True)
+    first = json.loads(reply.token(0, "h")[6:])
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "h"} and first["usage"] is None
-    closing = reply.chunk(None, "length")
+    assert json.loads(reply.token(0, "i")[6:])["choices"][0]["delta"] == {"content": "i"}  # the role once
+    closing = json.loads(reply.finish(0, {"finish_reason": "length"})[6:])
     assert closing["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
-    assert "usage" not in closing
-    assert reply.usage_chunk({"prompt_tokens": 1})["choices"] == []
-    text = openai.Reply("completion", "cmpl-1", 1, "m")
-    assert text.chunk("x")["object"] == "text_completion" and text.chunk("x")["choices"][0]["text"] == "x"
-    assert text.response("x", "length", {})["choices"][0]["finish_reason"] == "length"
-    event = openai.sse(first)
-    assert event.startswith(b"data: ") and event.endswith(b"\n\n") and json.loads(event[6:]) == first
+    end = reply.closing([{"usage": {"prompt_tokens": 1}}]).split(b"\n\n")
+    assert json.loads(end[0][6:])["choices"] == [] and end[1] == b"data: [DONE]"
+    text = openai.Framing("completion", "cmpl-1", 1, "m")
+    chunk = json.loads(text.token(0, "x")[6:])
+    assert chunk["object"] == "text_completion" and chunk["choices"][0]["text"] == "x" and "usage" not in chunk
+    assert text.closing([{}]) == openai.SSE_DONE
+
+
+def test_several_choices_are_indexed_and_their_usage_summed():
+    reply = openai.Framing("completion", "cmpl-1", 1, "m")
+    dones = [{"finish_reason": "stop", "usage": {"prompt_tokens": 2, "completion_tokens": 3}},
+             {"finish_reason": "length", "usage": {"prompt_tokens": 2, "completion_tokens": 4}}]
+    whole = reply.whole(["a", "b"], dones)
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in whole["choices"]] == [(0, "a", "stop"),
+                                                                                       (1, "b", "length")]
+    assert whole["usage"] == {"prompt_tokens": 4, "completion_tokens": 7, "total_tokens": 11}
+    assert json.loads(reply.token(1, "b")[6:])["choices"][0]["index"] == 1
+    assert openai.parse("completion", {"prompt": "x", "n": 3}).choices == 3
 
 
 def test_models_list_names_the_nodes_serving_each_model():

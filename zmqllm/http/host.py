@@ -28,3 +28,6 @@ class Mesh(Protocol):
 
     def cancel(self, task_id: str) -> None:
         """Stop a task submitted here; it ends DONE with finish_reason `cancelled`."""
+
+    def executor_of(self, task_id: str) -> str | None:
+        """The name of the node running a task submitted here now (None before it is placed)."""

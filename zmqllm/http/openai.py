@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ DEFAULT_MAX_TOKENS = 128
 """As `zmqllm submit`'s default, for a request that names no max_tokens."""
 SYSTEM_FINGERPRINT = f"zmqllm-{__version__}"
 SSE_DONE = b"data: [DONE]\n\n"
+MAX_CHOICES = 16
+"""Most choices (`n`) one request may ask for: each is a task on its own slot somewhere in the mesh."""
 
 _RANGES: dict[str, tuple[type, float, float]] = {
     "temperature": (float, 0.0, 2.0), "top_p": (float, 0.0, 1.0), "min_p": (float, 0.0, 1.0),
@@ -45,6 +48,7 @@ class Request:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    choices: int = 1
 
     def spec(self, task_id: str, peer: str | None = None) -> TaskSpec:
         return TaskSpec(task_id, self.prompt, self.max_tokens, dict(self.params), self.stop, self.model, peer,
@@ -66,8 +70,8 @@ def parse(kind: Kind, body: Any) -> Request:
     if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise bad("max_tokens", f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {max_tokens}")
     n = _optional(body, "n", int)
-    if n is not None and n != 1:
-        raise bad("n", f"n must be 1 (several choices are not served yet), got {n}")
+    if n is not None and not 1 <= n <= MAX_CHOICES:
+        raise bad("n", f"n must be between 1 and {MAX_CHOICES}, got {n}")
     _optional(body, "user", str)
     params = {}
     for name, (typ, low, high) in _RANGES.items():
@@ -82,7 +86,7 @@ def parse(kind: Kind, body: Any) -> Request:
     if not isinstance(include_usage, bool):
         raise bad("stream_options.include_usage", "stream_options.include_usage must be a boolean")
     return Request(kind, model, prompt, messages, max_tokens or DEFAULT_MAX_TOKENS, params, _stop(body.get("stop")),
-                   stream, include_usage and stream)
+                   stream, include_usage and stream, n or 1)
 
 
 def _optional(body: dict[str, Any], name: str, typ: type) -> Any:
@@ -143,51 +147,73 @@ def _stop(value: Any) -> tuple[str, ...]:
     return tuple(stops)
 
 
-@dataclass(frozen=True)
-class Reply:
-    """How one request's answer is shaped: its id, creation time (Unix seconds) and the model that ran it."""
+class Framing:
+    """How one request's answer is shaped (`zmqllm.http.relay.Framing`): its id, creation time (Unix seconds),
+    the model that ran it, and whether the stream carries usage (`stream_options.include_usage`)."""
 
-    kind: Kind
-    id: str
-    created: int
-    model: str
+    content_type = "text/event-stream"
+
+    def __init__(self, kind: Kind, id: str, created: int, model: str, include_usage: bool = False) -> None:
+        self.kind, self.id, self.created, self.model = kind, id, created, model
+        self.include_usage = include_usage
+        self._started: set[int] = set()
 
     def _envelope(self, chunk: bool) -> dict[str, Any]:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.kind == "chat" else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": SYSTEM_FINGERPRINT}
 
-    def response(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
-        """The whole answer of a request that did not stream."""
-        if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        return {**self._envelope(False), "choices": [choice], "usage": usage_of(usage)}
+    def whole(self, texts: Sequence[str], dones: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The whole answer of a request that did not stream: one choice per text."""
+        choices = []
+        for index, (text, done) in enumerate(zip(texts, dones)):
+            reason = done.get("finish_reason", "stop")
+            if self.kind == "chat":
+                choices.append({"index": index, "message": {"role": "assistant", "content": text},
+                                "logprobs": None, "finish_reason": reason})
+            else:
+                choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": reason})
+        return {**self._envelope(False), "choices": choices, "usage": usage_of(*(d.get("usage", {}) for d in dones))}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, first: bool = False,
-              with_usage: bool = False) -> dict[str, Any]:
-        """One streamed piece (`text` None: the closing chunk carrying finish_reason). `with_usage` adds
-        `usage: null`, as OpenAI does on every chunk when the last one will carry the usage."""
+    def chunk(self, index: int, text: str | None, finish_reason: str | None = None) -> dict[str, Any]:
+        """One streamed piece (`text` None: the closing chunk carrying finish_reason). A chat's first chunk of a
+        choice names the role; with include_usage every chunk has `usage: null`, as OpenAI sends it."""
         if self.kind == "chat":
             delta: dict[str, Any] = {} if text is None else {"content": text}
-            if first:
+            if index not in self._started:
+                self._started.add(index)
                 delta = {"role": "assistant", **delta}
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         out = {**self._envelope(True), "choices": [choice]}
-        return {**out, "usage": None} if with_usage else out
+        return {**out, "usage": None} if self.include_usage else out
 
-    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
-        """The last chunk when `stream_options.include_usage`: no choices, the usage."""
-        return {**self._envelope(True), "choices": [], "usage": usage_of(usage)}
+    def opening(self) -> bytes:
+        return b""
+
+    def token(self, index: int, text: str) -> bytes:
+        return sse(self.chunk(index, text))
+
+    def finish(self, index: int, done: dict[str, Any]) -> bytes:
+        return sse(self.chunk(index, None, done.get("finish_reason", "stop")))
+
+    def closing(self, dones: Sequence[dict[str, Any]]) -> bytes:
+        """The usage chunk (no choices) when asked for, then `data: [DONE]`."""
+        if not self.include_usage:
+            return SSE_DONE
+        usage = {**self._envelope(True), "choices": [], "usage": usage_of(*(d.get("usage", {}) for d in dones))}
+        return sse(usage) + SSE_DONE
+
+    def failure(self, error: ApiError) -> bytes:
+        """Mid-stream: OpenAI's clients raise on an `error` event (and no [DONE] follows)."""
+        return sse(error.body())
 
 
-def usage_of(usage: dict[str, Any]) -> dict[str, int]:
-    """A task's usage (CONTRACT: `done`) with OpenAI's total."""
-    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+def usage_of(*usages: dict[str, Any]) -> dict[str, int]:
+    """Tasks' usage (CONTRACT: `done`) summed, with OpenAI's total."""
+    prompt = sum(int(usage.get("prompt_tokens", 0)) for usage in usages)
+    completion = sum(int(usage.get("completion_tokens", 0)) for usage in usages)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 

@@ -10,19 +10,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from zmqllm.http import openai
-from zmqllm.http.errors import ApiError, from_task_error
+from zmqllm.http import anthropic, ollama, openai, relay
+from zmqllm.http.errors import ApiError
 from zmqllm.http.host import Mesh
-from zmqllm.http.stream import TaskRun
+from zmqllm.http.relay import FramingFactory, Parsed
+from zmqllm.http.stream import TaskRuns
 
 log = logging.getLogger(__name__)
 
@@ -30,32 +33,40 @@ MAX_BODY_BYTES = 4 * 2**20
 """Largest request body (a long chat fits; a runaway upload gets 413)."""
 SHUTDOWN_GRACE_S = 2.0
 """How long stopping waits for open requests; the node has already ended their tasks by then."""
+MAX_DEADLINE_S = 24 * 3600.0
+"""Longest `x-zmqllm-deadline` (a day: longer is a typo)."""
 OPEN_PATHS = frozenset({"/health"})
 """Paths served without an API key (load balancers probe them)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ERROR_SHAPES: list[tuple[tuple[str, ...], Callable[[ApiError], dict[str, Any]]]] = [
+    (anthropic.PATHS, anthropic.error_body), (ollama.PATHS, ollama.error_body)]
+"""Paths whose errors take another API's shape than OpenAI's (the default)."""
 
 
 class Gateway:
     """The HTTP front door of one node: `start()` binds every address, `stop()` closes them."""
 
     def __init__(self, mesh: Mesh, addresses: Sequence[tuple[str, int]], api_keys: Sequence[str] = (),
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.mesh = mesh
         self.addresses = list(addresses)
+        self.max_body_bytes = max_body_bytes
         self._keys = [key.encode() for key in api_keys]
         self._wall_clock = wall_clock
         self._runner: web.AppRunner | None = None
         self.urls: list[str] = []
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=self.max_body_bytes)
         for prefix in ("/v1", ""):  # llama-server answers without /v1 too; many clients are set up so
             app.router.add_get(f"{prefix}/models", self._models)
             app.router.add_get(f"{prefix}/models/{{model}}", self._model)
             app.router.add_post(f"{prefix}/completions", self._completions)
             app.router.add_post(f"{prefix}/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
+        app.add_routes(anthropic.routes(self))
+        app.add_routes(ollama.routes(self))
         return app
 
     async def start(self) -> list[str]:
@@ -93,12 +104,12 @@ class Gateway:
             request = request.clone(headers=CIMultiDictProxy(headers))
         try:
             response = await handler(request)
-        except ApiError as exc:
-            response = web.json_response(exc.body(), status=exc.status, headers=exc.headers())
         except web.HTTPException as exc:  # aiohttp's own: no route, wrong method
             if exc.status < 400:
                 raise
-            response = web.json_response(ApiError(exc.status, exc.reason).body(), status=exc.status)
+            response = _error_response(request.path, ApiError(exc.status, exc.reason))
+        except ApiError as exc:
+            response = _error_response(request.path, exc)
         if not response.prepared:
             response.headers["x-request-id"] = request_id
         return response
@@ -107,11 +118,13 @@ class Gateway:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """`Authorization: Bearer KEY` against every configured key, in constant time; keys are never logged."""
         if self._keys and request.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")
-            offered = token.strip().encode()
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            token = token.strip() if scheme.lower() == "bearer" else ""
+            token = token or request.headers.get("x-api-key", "").strip()  # Anthropic's clients send it so
+            if not token:
+                raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY' (or 'x-api-key: KEY')",
+                               code="invalid_api_key")
+            offered = token.encode()
             matches = [hmac.compare_digest(offered, key) for key in self._keys]  # no early exit: no timing hint
             if not any(matches):
                 raise ApiError(401, "invalid API key", code="invalid_api_key")
@@ -137,30 +150,50 @@ class Gateway:
         return web.json_response(openai.model_entry(name, served[name]))
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._run(request, "completion")
+        return await self._openai(request, "completion")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._run(request, "chat")
+        return await self._openai(request, "chat")
 
-    async def _run(self, request: web.Request, kind: openai.Kind) -> web.StreamResponse:
-        """A completion or chat: checked, submitted as a task of this node, answered whole or streamed."""
-        parsed = openai.parse(kind, await _json_body(request))
-        model = self._model_for(parsed.model)
-        task_id = uuid.uuid4().hex
-        reply = openai.Reply(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + task_id,
-                             int(self._wall_clock()), model)
-        run = TaskRun(self.mesh, parsed.spec(task_id, request.headers.get("x-zmqllm-peer")))
-        log.debug("http %s %s -> task %s", request.method, request.path, task_id)
+    async def _openai(self, request: web.Request, kind: openai.Kind) -> web.StreamResponse:
+        parsed = openai.parse(kind, await self.body(request))
+        return await self.answer(request, parsed, lambda id_, created, model: openai.Framing(
+            kind, id_, created, model, parsed.include_usage), "chatcmpl-" if kind == "chat" else "cmpl-")
+
+    # -- what every API's routes use (`zmqllm.http.relay.Answering`) -------------------------
+
+    async def answer(self, request: web.Request, parsed: Parsed, framing: FramingFactory,
+                     id_prefix: str = "") -> web.StreamResponse:
+        """A checked request as tasks of this node (one per choice), answered whole or streamed. Its tasks are
+        cancelled when the handler ends first: its client left (aiohttp cancels the handler) or it failed."""
+        model = self.model_for(parsed.model)
+        deadline = _deadline(request)
+        specs = []
+        for index in range(parsed.choices):
+            spec = parsed.spec(uuid.uuid4().hex, request.headers.get("x-zmqllm-peer"))
+            specs.append(replace(spec, deadline_s=deadline, params=_choice_params(spec.params, index)))
+        runs = TaskRuns(self.mesh, specs)
+        log.debug("http %s %s -> tasks %s", request.method, request.path, ",".join(runs.task_ids))
+        shape = framing(id_prefix + runs.task_ids[0], int(self._wall_clock()), model)
         try:
             if parsed.stream:
-                return await _stream(request, parsed, reply, run)
-            return await _whole(request, reply, run)
+                return await relay.stream(request, runs, shape)
+            return await relay.whole(runs, shape)
         finally:
-            run.cancel()  # a no-op once the task ended; otherwise its client left (or this failed): stop it
+            runs.cancel()  # a no-op once the tasks ended
 
-    def _model_for(self, asked: str | None) -> str:
-        """The model a request runs on: the one named (404 when no live node serves it), else the mesh's only
-        one."""
+    async def body(self, request: web.Request) -> Any:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, f"the request body is larger than {self.max_body_bytes} bytes (the node's "
+                                "http_max_body_mb)", code="too_large") from None
+        try:
+            return json.loads(raw)
+        except ValueError:  # UnicodeDecodeError included
+            raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+
+    def model_for(self, asked: str | None) -> str:
         served = self.mesh.models()
         if asked is not None:
             if asked not in served:
@@ -174,81 +207,41 @@ class Gateway:
                        param="model", code="model_required")
 
 
-async def _whole(request: web.Request, reply: openai.Reply, run: TaskRun) -> web.Response:
-    pieces: list[str] = []
-    while True:
-        for type_, fields in await run.next_batch():
-            if type_ == "TOKEN":
-                pieces.append(fields["text"])
-            elif type_ == "ERROR":
-                raise from_task_error(fields)
-            elif type_ == "DONE":
-                body = reply.response("".join(pieces), fields.get("finish_reason", "stop"), fields.get("usage", {}))
-                return web.json_response(body, headers=_task_headers(run, fields))
+def _deadline(request: web.Request) -> float | None:
+    """`x-zmqllm-deadline: SECONDS` ends the request's tasks with 504 (or an error event) when they run longer."""
+    text = request.headers.get("x-zmqllm-deadline")
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_DEADLINE_S:
+        raise ApiError(400, f"x-zmqllm-deadline must be seconds between 0 and {MAX_DEADLINE_S:g}, got {text!r}",
+                       param="x-zmqllm-deadline", code="invalid_value")
+    return seconds
 
 
-async def _stream(request: web.Request, parsed: openai.Request, reply: openai.Reply,
-                  run: TaskRun) -> web.StreamResponse:
-    """Server-sent events. Headers wait for the task's first message, so a task that fails before its first
-    token (busy, unknown peer) still gets its proper status code rather than a 200 with an error inside."""
-    batch = await run.next_batch()
-    while not run.finished and not any(type_ == "TOKEN" for type_, _ in batch):
-        batch += await run.next_batch()  # a failover before the first token changes nothing for the client
-    if batch[-1][0] == "ERROR" and not any(type_ == "TOKEN" for type_, _ in batch):
-        raise from_task_error(batch[-1][1])
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "x-request-id": request.headers["x-request-id"], **_task_headers(run, {})})
-    await response.prepare(request)
-    first = True
-    while True:
-        out: list[bytes] = []
-        for type_, fields in batch:
-            if type_ == "TOKEN":
-                out.append(openai.sse(reply.chunk(fields["text"], first=first, with_usage=parsed.include_usage)))
-                first = False
-            elif type_ == "ERROR":  # mid-stream: OpenAI's clients raise on an `error` event
-                out.append(openai.sse(from_task_error(fields).body()))
-            elif type_ == "DONE":
-                if first and reply.kind == "chat":
-                    out.append(openai.sse(reply.chunk("", first=True, with_usage=parsed.include_usage)))
-                out.append(openai.sse(reply.chunk(None, fields.get("finish_reason", "stop"),
-                                                  with_usage=parsed.include_usage)))
-                if parsed.include_usage:
-                    out.append(openai.sse(reply.usage_chunk(fields.get("usage", {}))))
-                out.append(openai.SSE_DONE)
-        try:
-            await response.write(b"".join(out))
-        except ConnectionResetError:  # the client left between two reads: `_run` cancels the task
-            return response
-        if run.finished:
-            await response.write_eof()
-            return response
-        batch = await run.next_batch()
+def _choice_params(params: dict[str, Any], index: int) -> dict[str, Any]:
+    """A choice's sampling: a request's seed is the first choice's, the next choices take the next seeds (the
+    same seed n times would give n copies of one answer)."""
+    if index and params.get("seed") is not None:
+        return {**params, "seed": params["seed"] + index}
+    return params
 
 
-def _task_headers(run: TaskRun, done: dict[str, Any]) -> dict[str, str]:
-    """Which task a response is (`zmqllm result ID`), and which node produced its last token when known."""
-    headers = {"x-zmqllm-task-id": run.task_id}
-    if done.get("executed_by"):
-        headers["x-zmqllm-executed-by"] = str(done["executed_by"])
-    return headers
+def _error_response(path: str, error: ApiError) -> web.Response:
+    """An error in the shape of the API the path belongs to (each client parses only its own)."""
+    for prefixes, shape in ERROR_SHAPES:
+        if path.startswith(prefixes):
+            return web.json_response(shape(error), status=error.status, headers=error.headers())
+    return web.json_response(error.body(), status=error.status, headers=error.headers())
 
 
 def _unknown_model(name: str, served: dict[str, list[str]]) -> ApiError:
     listing = ", ".join(sorted(served)) or "none"
     return ApiError(404, f"the model {name!r} does not exist in this mesh (it serves: {listing})", param="model",
                     code="model_not_found")
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="too_large") from None
-    try:
-        return json.loads(raw)
-    except ValueError:  # UnicodeDecodeError included
-        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

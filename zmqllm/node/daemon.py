@@ -82,6 +82,10 @@ class NodeMesh:
     def cancel(self, task_id: str) -> None:
         self.node.origin.cancel(task_id)
 
+    def executor_of(self, task_id: str) -> str | None:
+        task = self.node.origin.tasks.get(task_id)
+        return task.executor_name if task is not None and task.executor_name else None
+
 
 async def _run_node(node: Node, config: NodeConfig) -> None:
     """Run the node; once it has bound, start the HTTP gateway (if asked) and say ready. The gateway stops
