@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from zmqllm.node import config as cfgmod
-from zmqllm.node.config import KEYS, ConfigError, NodeConfig, data_dir_for, load_config
+from zmqllm.node.config import KEYS, ConfigError, NodeConfig, api_keys, data_dir_for, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = [REPO / "configs" / "single.toml",
@@ -351,3 +351,24 @@ def test_resolve_config_says_where_every_value_came_from(tmp_path):
     assert sources["queue_limit"] == "environment ZMQLLM_QUEUE_LIMIT"
     assert sources["batch"] == "flag --batch"
     assert sources["heartbeat_interval"] == "default" and set(sources) == set(KEYS)
+
+
+def test_api_keys_come_from_api_key_and_the_keys_file(tmp_path):
+    keys = tmp_path / "http.keys"
+    keys.write_text("# team keys\nk-one\n\n  k-two   # laptop\nk-one\n")
+    c = load_config(env={"ZMQLLM_API_KEY": "k-env"}, overrides={"api_keys_file": str(keys),
+                                                                "http": ("0.0.0.0:8080",)})
+    assert api_keys(c) == ("k-env", "k-one", "k-two")
+
+
+def test_an_unreadable_keys_file_and_a_bad_body_limit_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the API keys file .*missing"):
+        load_config(env={}, overrides={"api_keys_file": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="http_max_body_mb"):
+        load_config(env={"ZMQLLM_HTTP_MAX_BODY_MB": "0"})
+
+
+def test_a_metrics_address_beyond_loopback_needs_a_key_as_http_does():
+    with pytest.raises(ConfigError, match="METRICS: HTTP address 0.0.0.0:9464 is reachable from other machines"):
+        load_config(env={"ZMQLLM_METRICS": "0.0.0.0:9464"})
+    assert load_config(env={"ZMQLLM_METRICS": "0.0.0.0:9464", "ZMQLLM_API_KEY": "k"}).metrics == ("0.0.0.0:9464",)

@@ -11,6 +11,7 @@ from conftest import StandInSettings
 
 from zmqllm.core import protocol
 from zmqllm.core.events import EventHub
+from zmqllm.core.metrics import NodeStats
 from zmqllm.core.membership import Identity, Liveness, Load, PeerTable
 from zmqllm.engines.echo import EchoEngine
 from zmqllm.net.transport import Sent
@@ -28,6 +29,7 @@ class Host:
     node_id: str = "id-a"
     journal: None = None
     events: EventHub = field(default_factory=EventHub)
+    stats: NodeStats = field(default_factory=NodeStats)
     now: float = 100.0
     to_clients: list[tuple[bytes, str, dict[str, Any]]] = field(default_factory=list)
     to_peers: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
@@ -127,3 +129,28 @@ def test_a_client_that_stops_reading_ends_its_task_slow_client_and_stops_the_exe
     errors = [f for _, t, f in host.to_clients if t == "ERROR"]
     assert errors and errors[0]["code"] == "slow_client"
     assert host.to_peers[-1][:2] == (executor, "CANCEL")
+
+
+def test_the_origin_counts_tokens_gaps_failovers_and_outcomes_for_metrics() -> None:
+    host = Host()
+    origin = Origin(host)
+    submit(origin, "t")
+    first, _, _ = host.to_peers[-1]
+    other = "id-c" if first == "id-b" else "id-b"
+    for seq in range(3):
+        host.now += 0.5
+        host.from_executor(origin, first, "TOKEN", task_id="t", seq=seq, text=f"w{seq} ", ids=[seq])
+    origin.executor_lost(first, first[3:], "dead")
+    host.now += 0.25
+    host.from_executor(origin, other, "TOKEN", task_id="t", seq=3, text="w3 ", ids=[3])
+    host.from_executor(origin, other, "DONE", task_id="t", finish_reason="length",
+                       usage={"prompt_tokens": 2, "completion_tokens": 4}, timings={}, executed_by=other[3:],
+                       executed_on=[first[3:], other[3:]])
+    stats = host.stats
+    assert (stats.first_token_s.count, stats.first_token_s.total) == (1, 0.5)
+    assert (stats.token_gap_s.count, stats.token_gap_s.total) == (3, 1.25)
+    assert (stats.failovers, stats.resumed_tokens) == (1, 3)
+    assert stats.tasks == {"length": 1} and stats.generated_tokens == {"echo": 4}
+    origin.on_submit(CLIENT, protocol.make("SUBMIT", src="client", id=1, task_id="nowhere", prompt="x", max_tokens=1,
+                                           params={}, stop=[], model="no-such-model"))  # refused: counted by its code, not by the model asked
+    assert stats.tasks["no_peer_for_model"] == 1 and "no-such-model" not in stats.prompt_tokens

@@ -69,6 +69,8 @@ class OriginTask:
     """The DONE or ERROR fields the task ended with (replayed to a resubmit)."""
     final_type: str | None = None
     failovers: int = 0
+    last_token_at: float | None = None
+    """When the latest token reached the origin (the metrics' gap between tokens)."""
     checkpointed: int = 0
     """Tokens already saved in the journal."""
     final_written: bool = False

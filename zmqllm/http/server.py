@@ -19,11 +19,13 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.registry import CollectorRegistry
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from zmqllm.http import anthropic, ollama, openai, relay
 from zmqllm.http.errors import ApiError
 from zmqllm.http.host import Mesh
+from zmqllm.http.metrics import HttpStats, api_of, exposition
 from zmqllm.http.relay import FramingFactory, Parsed
 from zmqllm.http.stream import TaskRuns
 
@@ -35,6 +37,8 @@ SHUTDOWN_GRACE_S = 2.0
 """How long stopping waits for open requests; the node has already ended their tasks by then."""
 MAX_DEADLINE_S = 24 * 3600.0
 """Longest `x-zmqllm-deadline` (a day: longer is a typo)."""
+CLIENT_LEFT = 499
+"""The status a request is counted under when its client went away first (nginx's convention)."""
 OPEN_PATHS = frozenset({"/health"})
 """Paths served without an API key (load balancers probe them)."""
 
@@ -48,8 +52,15 @@ class Gateway:
     """The HTTP front door of one node: `start()` binds every address, `stop()` closes them."""
 
     def __init__(self, mesh: Mesh, addresses: Sequence[tuple[str, int]], api_keys: Sequence[str] = (),
-                 wall_clock: Callable[[], float] = time.time, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 wall_clock: Callable[[], float] = time.time, max_body_bytes: int = MAX_BODY_BYTES,
+                 registry: CollectorRegistry | None = None, stats: HttpStats | None = None,
+                 apis: bool = True) -> None:
+        """`registry`: what /metrics serves (none: no /metrics); `stats`: where requests are counted;
+        `apis` False serves only /health and /metrics (a daemon's `--metrics` address)."""
         self.mesh = mesh
+        self.registry = registry
+        self.stats = stats
+        self.apis = apis
         self.addresses = list(addresses)
         self.max_body_bytes = max_body_bytes
         self._keys = [key.encode() for key in api_keys]
@@ -59,12 +70,17 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=self.max_body_bytes)
+        app.router.add_get("/health", self._health)
+        if self.registry is not None:
+            registry = self.registry
+            app.router.add_get("/metrics", lambda _request: _metrics(registry))
+        if not self.apis:
+            return app
         for prefix in ("/v1", ""):  # llama-server answers without /v1 too; many clients are set up so
             app.router.add_get(f"{prefix}/models", self._models)
             app.router.add_get(f"{prefix}/models/{{model}}", self._model)
             app.router.add_post(f"{prefix}/completions", self._completions)
             app.router.add_post(f"{prefix}/chat/completions", self._chat)
-        app.router.add_get("/health", self._health)
         app.add_routes(anthropic.routes(self))
         app.add_routes(ollama.routes(self))
         return app
@@ -102,14 +118,24 @@ class Gateway:
             headers = CIMultiDict(request.headers)
             headers["x-request-id"] = request_id
             request = request.clone(headers=CIMultiDictProxy(headers))
+        started, status = time.perf_counter(), CLIENT_LEFT
         try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # aiohttp's own: no route, wrong method
-            if exc.status < 400:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # aiohttp's own: no route, wrong method
+                if exc.status < 400:
+                    raise
+                response = _error_response(request.path, ApiError(exc.status, exc.reason))
+            except ApiError as exc:
+                response = _error_response(request.path, exc)
+            except Exception:
+                status = 500
                 raise
-            response = _error_response(request.path, ApiError(exc.status, exc.reason))
-        except ApiError as exc:
-            response = _error_response(request.path, exc)
+            status = response.status
+        finally:
+            if self.stats is not None:
+                routed = request.match_info.route.resource is not None
+                self.stats.record(api_of(request.path, routed), status, time.perf_counter() - started)
         if not response.prepared:
             response.headers["x-request-id"] = request_id
         return response
@@ -205,6 +231,10 @@ class Gateway:
             raise ApiError(503, "no live node of the mesh serves a model", code="no_peer_for_model")
         raise ApiError(400, f"the mesh serves several models ({', '.join(sorted(served))}): name one",
                        param="model", code="model_required")
+
+
+async def _metrics(registry: CollectorRegistry) -> web.Response:
+    return exposition(registry)
 
 
 def _deadline(request: web.Request) -> float | None:

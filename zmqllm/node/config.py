@@ -39,6 +39,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_MAX_CHARS = 64
 FALLBACK_NAME = "node"
 PORT_MAX = 65535
+MAX_HTTP_BODY_MB = 1024.0
+"""The largest request body a node may be set to read (aiohttp holds a body in memory whole)."""
 MIN_CTX_TOKENS = 16
 DEFAULT_SLOTS = {"echo": 4, "llama": 1}
 """llama: 1 keeps greedy output equal to llama-cpp-python's own and failover exact (docs/design.md)."""
@@ -94,7 +96,10 @@ class NodeConfig:
     http: tuple[str, ...] = ()
     api_key: str | None = None
     """Comma-separated when there are several; never logged or shown."""
+    api_keys_file: str | None = None
     allow_unauthenticated_http: bool = False
+    http_max_body_mb: float = 4.0
+    metrics: tuple[str, ...] = ()
 
     @property
     def suspect_after_s(self) -> float:
@@ -175,7 +180,12 @@ KEYS: dict[str, Key] = dict([
     _key("http", tuple, "HTTP gateway address HOST:PORT (OpenAI-compatible API; port 0 picks a free one)"),
     _key("api_key", str, "key(s) HTTP clients must send as 'Authorization: Bearer KEY'; comma-separated for "
                          "several", optional=True),
+    _key("api_keys_file", str, "file of HTTP API keys, one per line ('#' starts a comment); adds to api_key",
+         optional=True),
     _key("allow_unauthenticated_http", bool, "let an HTTP address other machines can reach run without api_key"),
+    _key("http_max_body_mb", float, "largest HTTP request body in MiB (larger: 413)"),
+    _key("metrics", tuple, "address HOST:PORT serving only /metrics (Prometheus) and /health; the http "
+                           "address serves /metrics too"),
 ])
 if set(KEYS) != set(_FIELDS):
     raise RuntimeError(f"KEYS and NodeConfig must list the same keys: {sorted(set(KEYS) ^ set(_FIELDS))}")
@@ -415,20 +425,34 @@ def http_address(text: str) -> tuple[str, int] | None:
 
 
 def api_keys(config: NodeConfig) -> tuple[str, ...]:
-    """The HTTP API keys `api_key` holds (comma-separated), blanks dropped."""
-    return tuple(part.strip() for part in (config.api_key or "").split(",") if part.strip())
+    """The HTTP API keys `api_key` holds (comma-separated) and `api_keys_file` lists, blanks dropped.
+    Raises OSError when the file cannot be read (`_check_http` turns that into a config error first)."""
+    keys = [part.strip() for part in (config.api_key or "").split(",")]
+    if config.api_keys_file is not None:
+        text = Path(config.api_keys_file).expanduser().read_text(encoding="utf-8")
+        keys += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return tuple(dict.fromkeys(key for key in keys if key))
 
 
 def _check_http(c: NodeConfig, source) -> None:
     """Every `http` address parses; one beyond loopback needs an API key (as a bind beyond loopback needs the
-    mesh key), unless allow_unauthenticated_http says the operator means it."""
-    for address in c.http:
+    mesh key), unless allow_unauthenticated_http says the operator means it. The same holds for `metrics`."""
+    if c.api_keys_file is not None:
+        try:
+            api_keys(c)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source('api_keys_file')}: cannot read the API keys file {c.api_keys_file}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not 0 < c.http_max_body_mb <= MAX_HTTP_BODY_MB:
+        raise _fail(source("http_max_body_mb"), "http_max_body_mb", f"> 0 and <= {MAX_HTTP_BODY_MB}",
+                    show_value(c.http_max_body_mb))
+    for key, address in [("http", a) for a in c.http] + [("metrics", a) for a in c.metrics]:
         parsed = http_address(address)
         if parsed is None:
-            raise _fail(source("http"), "http", f"HOST:PORT with PORT 0-{PORT_MAX}", show_value(address))
+            raise _fail(source(key), key, f"HOST:PORT with PORT 0-{PORT_MAX}", show_value(address))
         open_to_others = not (parsed[0] == "localhost" or parsed[0] == "::1" or parsed[0].startswith("127."))
         if open_to_others and not api_keys(c) and not c.allow_unauthenticated_http:
-            raise ConfigError(f"{source('http')}: HTTP address {address} is reachable from other machines, and no "
+            raise ConfigError(f"{source(key)}: HTTP address {address} is reachable from other machines, and no "
                               "api_key is set: set one (api_key, --api-key or ZMQLLM_API_KEY; clients send "
                               "'Authorization: Bearer KEY'), or set allow_unauthenticated_http = true "
                               "(--allow-unauthenticated-http) to serve it open to anyone who can reach it")

@@ -45,15 +45,19 @@ def settings_from(config: NodeConfig) -> NodeSettings:
     )
 
 
-def announce_ready(node: Node, http: Sequence[str] = ()) -> None:
-    """The one line scripts and `zmqllm up` wait for (CONTRACT: ready line); `http` the gateway's real URLs."""
+def announce_ready(node: Node, http: Sequence[str] = (), metrics: Sequence[str] = ()) -> None:
+    """The one line scripts and `zmqllm up` wait for (CONTRACT: ready line); `http` the gateway's real URLs,
+    `metrics` those of the metrics-only servers."""
     models = ",".join(node.engine.models)
     fields: dict[str, Any] = {"event": "ready", "name": node.settings.name, "endpoint": node.endpoint,
                               "models": list(node.engine.models), "node_id": node.node_id}
     if http:
         fields["http"] = list(http)
-    log.info("ready name=%s endpoint=%s models=%s%s", node.settings.name, node.endpoint, models,
-             "".join(f" http={url}" for url in http), extra={"fields": fields})
+    if metrics:
+        fields["metrics"] = list(metrics)
+    log.info("ready name=%s endpoint=%s models=%s%s%s", node.settings.name, node.endpoint, models,
+             "".join(f" http={url}" for url in http), "".join(f" metrics={url}/metrics" for url in metrics),
+             extra={"fields": fields})
 
 
 class NodeMesh:
@@ -88,32 +92,54 @@ class NodeMesh:
 
 
 async def _run_node(node: Node, config: NodeConfig) -> None:
-    """Run the node; once it has bound, start the HTTP gateway (if asked) and say ready. The gateway stops
-    after the node, whose shutdown has ended every task an HTTP client was waiting on."""
-    if not config.http:
+    """Run the node; once it has bound, start its HTTP servers (if asked) and say ready. They stop after the
+    node, whose shutdown has ended every task an HTTP client was waiting on."""
+    if not config.http and not config.metrics:
         await node.run(on_ready=announce_ready)
         return
-    from zmqllm.http.server import Gateway  # aiohttp loads only for a daemon that serves HTTP
-
-    gateway = Gateway(NodeMesh(node), [http_address(a) for a in config.http], api_keys(config))
+    servers = _http_servers(node, config)  # aiohttp loads only for a daemon that serves HTTP
     bound = asyncio.Event()
     running = asyncio.create_task(node.run(on_ready=lambda _node: bound.set()))
     waiting = asyncio.create_task(bound.wait())
     try:
         await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
         if bound.is_set():
-            try:
-                urls = await gateway.start()
-            except OSError as exc:
-                node.stop()
-                await running
-                raise DaemonError(f"key 'http': cannot serve HTTP on {', '.join(config.http)}: {exc.strerror or exc}",
-                                  exit_code=2) from None
-            announce_ready(node, urls)
+            urls: dict[str, list[str]] = {}
+            for key, server in servers:
+                try:
+                    urls[key] = await server.start()
+                except OSError as exc:
+                    node.stop()
+                    await running
+                    addresses = ", ".join(getattr(config, key))
+                    raise DaemonError(f"key '{key}': cannot serve HTTP on {addresses}: {exc.strerror or exc}",
+                                      exit_code=2) from None
+            announce_ready(node, urls.get("http", ()), urls.get("metrics", ()))
         await running
     finally:
         waiting.cancel()
-        await gateway.stop()
+        for _, server in servers:
+            await server.stop()
+
+
+def _http_servers(node: Node, config: NodeConfig) -> list[tuple[str, Any]]:
+    """The gateway (`http`: every API, /health, /metrics) and the metrics-only servers (`metrics`), sharing
+    one metrics registry and one count of HTTP requests."""
+    from zmqllm.http.metrics import HttpStats
+    from zmqllm.http.server import Gateway
+    from zmqllm.node.metrics import registry_for
+
+    stats = HttpStats()
+    registry = registry_for(node, stats)
+    mesh, keys = NodeMesh(node), api_keys(config)
+    servers = []
+    if config.http:
+        servers.append(("http", Gateway(mesh, [http_address(a) for a in config.http], keys, registry=registry,
+                                        stats=stats, max_body_bytes=int(config.http_max_body_mb * 2**20))))
+    if config.metrics:
+        servers.append(("metrics", Gateway(mesh, [http_address(a) for a in config.metrics], keys,
+                                           registry=registry, stats=stats, apis=False)))
+    return servers
 
 
 async def serve(config: NodeConfig) -> None:

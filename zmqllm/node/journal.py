@@ -114,6 +114,8 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.retention = retention
+        self.writes = 0
+        """Records written (a task accepted, its progress, its end; a run's start, steps, end): for /metrics."""
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -130,6 +132,7 @@ class Journal:
     # -- writing ---------------------------------------------------------------------
 
     def accepted(self, task: OriginTask) -> None:
+        self.writes += 1
         spec = task.spec
         body = {"prompt": spec.prompt, "max_tokens": spec.max_tokens, "params": spec.params, "stop": list(spec.stop),
                 "model": spec.model, "peer": spec.peer, "messages": list(spec.messages), "failover": spec.failover}
@@ -139,6 +142,7 @@ class Journal:
 
     def progress(self, task: OriginTask, saved: int) -> None:
         """Executor, state, and the tokens after the first `saved` (already on disk), appended."""
+        self.writes += 1
         with self._transaction():
             self._update(task)
             self._append(task, saved)
@@ -146,6 +150,7 @@ class Journal:
     def finished(self, task: OriginTask, saved: int) -> None:
         """The final message (a DONE without its text, which the segments hold) and the tokens after the
         first `saved`: what a resent SUBMIT streams again."""
+        self.writes += 1
         final = {k: v for k, v in (task.final or {}).items() if k != "text"}
         with self._transaction():
             self._update(task, ", final_type = ?, final = ?", (task.final_type, json.dumps(final)))
@@ -226,6 +231,7 @@ class Journal:
     # -- workflow runs (this node orchestrating) -------------------------------------------
 
     def run_started(self, run_id: str, workflow: str, source: str, spec: str, input: str) -> None:
+        self.writes += 1
         now = time.time()
         self._db.execute("INSERT INTO runs (run_id, created, updated, state, workflow, source, spec, input) "
                          "VALUES (?, ?, ?, 'running', ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
@@ -234,10 +240,12 @@ class Journal:
 
     def run_task_done(self, run_id: str, key: str, text: str, record: dict[str, Any]) -> None:
         """One finished task of a run: what `--resume` does not run again."""
+        self.writes += 1
         self._db.execute("INSERT OR REPLACE INTO run_tasks (run_id, key, record, text) VALUES (?, ?, ?, ?)",
                          (run_id, key, json.dumps(record), text))
 
     def run_finished(self, run_id: str, state: str, final: dict[str, Any]) -> None:
+        self.writes += 1
         self._db.execute("UPDATE runs SET updated = ?, state = ?, output = ?, error = ?, final = ? WHERE run_id = ?",
                          (time.time(), state, final.get("output"), final.get("message"), json.dumps(final), run_id))
 

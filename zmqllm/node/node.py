@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from zmqllm import __version__
+from zmqllm.core.metrics import NodeStats
 from zmqllm.core import protocol
 from zmqllm.engines.base import Engine
 from zmqllm.core.events import FLUSH_INTERVAL_S, EventHub
@@ -135,6 +136,8 @@ class Node:
         self._stopping = asyncio.Event()
         self._fatal: FatalNodeError | None = None
         self._closing = False
+        self.stats = NodeStats()
+        """Counters for /metrics (core/metrics.py): read only when scraped."""
         self.dropped_frames = 0
         """Frames that were not valid messages (or came from a peer that no longer had a link)."""
         self.refused_messages = 0
@@ -262,6 +265,7 @@ class Node:
         if self.mailer is None:
             raise RuntimeError("the node is not running")
         payload = protocol.encode(self.message(type_, re=re, **fields))
+        self.stats.sent(type_, len(payload))
         self.mailer.post(identity, payload, final)
         if type_ != "EVENTS" and self.events.wanted():
             self._trace(type_, self.settings.name, self._name_of(identity), fields.get("task_id"), len(payload))
@@ -290,6 +294,7 @@ class Node:
         if self.events.wanted():
             peer = self.table.get(link.node_id) if self.table and link.node_id else None
             self._trace(type_, self.settings.name, peer.name if peer else link.endpoint, task_id, len(payload))
+        self.stats.sent(type_, len(payload))
         return link.channel.send([payload])
 
     def link_for(self, node_id: str) -> Link | None:
@@ -449,6 +454,7 @@ class Node:
             self._say_quietly(identity, f"bad frame ({exc.message})")
             self.reply_error(identity, exc.code, exc.message, re=exc.ref)
             return
+        self.stats.received([message.type for message in messages], len(frames[-1]))
         if self.events.active and self.table is not None and self.table.get(identity.decode("latin-1")) is None:
             for message in messages:
                 self._trace(message.type, self._name_of(identity), self.settings.name, message.get("task_id"),
@@ -469,6 +475,7 @@ class Node:
             self.dropped_frames += 1
             self._say_quietly(link.endpoint, f"bad frame ({exc.message})")
             return
+        self.stats.received([message.type for message in messages], len(frames[-1]))
         for message in messages:
             try:
                 self._dispatch_dealer(link, message)

@@ -217,6 +217,7 @@ class Origin:
             return
         log.info("task %s: %s after %d tokens, failing over", task.task_id, reason, len(task.tokens))
         task.failovers += 1
+        self.node.stats.failed_over(len(task.tokens))
         task.state = "routing"
         self._route(task, failover_reason=reason)
 
@@ -293,6 +294,9 @@ class Origin:
         out_seq = task.accept_token(seq, text, ids)
         if out_seq is None:
             return
+        now = self.node.clock()
+        self.node.stats.token(now - task.created, None if task.last_token_at is None else now - task.last_token_at)
+        task.last_token_at = now
         if not was_streaming:
             self._publish_task(task)
         if self.node.events.wanted():
@@ -328,6 +332,8 @@ class Origin:
         timer = self.deadlines.pop(task.task_id, None)
         if timer is not None:
             timer.cancel()
+        self.node.stats.task_ended(task.final_type or "ERROR", task.final or {}, task.model,
+                                   self.node.clock() - task.created)
         if task.final_written:
             task.drop_output()
         self._forget_old()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from zmqllm.core.metrics import NodeStats
 from zmqllm.core.membership import Identity, Load, PeerTable
 from zmqllm.core.events import EventHub
 from zmqllm.core.tasks import OriginTask, TaskSpec
@@ -58,6 +59,7 @@ class OriginHost(Replies, Protocol):
     executor: Executor
     journal: Journal | None
     events: EventHub
+    stats: NodeStats
     clock: Callable[[], float]
 
     def identity(self) -> Identity: ...
