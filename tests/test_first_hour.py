@@ -4,6 +4,7 @@ twice, bounded waits on a missing mesh, config errors caught before anything sta
 from __future__ import annotations
 
 import json
+import urllib.request
 import os
 import queue
 import signal
@@ -70,7 +71,8 @@ class Up:
     """A `zmqllm up --engine echo` process with its output read by threads (never a blocking read)."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        argv = [sys.executable, "-m", "zmqllm", "up", "--engine", "echo", "--nodes", "1", *args]
+        http = [] if any(arg.startswith("--http") or arg == "--no-http" for arg in args) else ["--http", "127.0.0.1:0"]
+        argv = [sys.executable, "-m", "zmqllm", "up", "--engine", "echo", "--nodes", "1", *http, *args]
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      stdin=subprocess.DEVNULL)
         self.out: queue.Queue[str | None] = queue.Queue()
@@ -125,6 +127,16 @@ def test_up_without_a_terminal_says_it_runs_headless_and_names_a_command_that_wo
     assert first_up.stop() == 0
 
 
+def test_up_serves_http_on_its_first_node_and_prints_and_records_the_url(first_up: Up,
+                                                                          up_env: dict[str, str]) -> None:
+    state = json.loads((Path(up_env["ZMQLLM_HOME"]) / "mesh.json").read_text())
+    [url] = state["http"]
+    assert any(line.startswith("HTTP (OpenAI, Anthropic, Ollama APIs; /metrics) at " + url) for line in first_up.lines)
+    assert any(line.strip().startswith(f"curl {url}/v1/completions") for line in first_up.lines)
+    with urllib.request.urlopen(url + "/v1/models", timeout=30) as response:
+        assert [model["id"] for model in json.loads(response.read())["data"]] == ["echo"]
+
+
 def test_a_second_up_refuses_naming_the_running_mesh_and_leaves_it_intact(first_up: Up,
                                                                           up_env: dict[str, str]) -> None:
     state_file = Path(up_env["ZMQLLM_HOME"]) / "mesh.json"
@@ -132,7 +144,7 @@ def test_a_second_up_refuses_naming_the_running_mesh_and_leaves_it_intact(first_
     log = Path(up_env["ZMQLLM_HOME"]) / "logs" / "n1.log"
     log_before = log.read_text()
     # without a terminal and without --no-dash: the refusal is its one line (no "running headless" first)
-    second = run_cli(up_env, "up", "--engine", "echo", "--nodes", "1", timeout=UP_READY_S)
+    second = run_cli(up_env, "up", "--engine", "echo", "--nodes", "1", "--http", "127.0.0.1:0", timeout=UP_READY_S)
     assert second.returncode == 1, second
     assert second.stderr.count("\n") == 1 and "a mesh is already up" in second.stderr
     assert state["connect"] in second.stderr and f"pid {state['pid']}" in second.stderr
@@ -255,3 +267,15 @@ def test_info_shows_every_path_and_setting_with_its_source(tmp_path: Path) -> No
     assert settings["batch"]["source"] == "default"
     bad = run_cli(env, "info", "--ctx", "1", timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("Error: flag --ctx: key 'ctx'"), bad
+
+
+def test_up_falls_back_to_a_free_port_only_when_its_default_http_port_is_taken() -> None:
+    from click.core import ParameterSource
+
+    from zmqllm.cli.daemon import _up_http
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        assert _up_http(busy, ParameterSource.DEFAULT) == "127.0.0.1:0"
+        assert _up_http(busy, ParameterSource.COMMANDLINE) == busy  # asked for: the daemon says it is taken
+    assert _up_http(busy, ParameterSource.DEFAULT) == busy

@@ -139,7 +139,7 @@ def test_up_starts_a_mesh_clients_find_it_and_ctrl_c_leaves_no_daemon(zmqllm_env
     (tmp_path / "zmqllm").mkdir()  # run from a folder holding one named zmqllm (a checkout's parent): its
     # daemons must still import the installed package, not that folder
     proc = subprocess.Popen([sys.executable, "-P", "-m", "zmqllm", "up", "--nodes", "3", "--engine", "echo", "--json",
-                             "--heartbeat-interval", "0.2"], env=zmqllm_env, stdout=subprocess.PIPE, text=True,
+                             "--heartbeat-interval", "0.2", "--no-http"], env=zmqllm_env, stdout=subprocess.PIPE, text=True,
                             cwd=tmp_path)
     try:
         assert proc.stdout is not None

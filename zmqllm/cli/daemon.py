@@ -10,7 +10,8 @@ import click
 from click.core import ParameterSource
 
 from zmqllm.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, config_options, unset_empty_lists
-from zmqllm.node.config import BUNDLED_MODEL, ConfigError, check_model, load_config
+from zmqllm.node.config import BUNDLED_MODEL, ConfigError, check_model, http_address, load_config
+
 
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, envvar="ZMQLLM_CONFIG",
@@ -48,6 +49,10 @@ def daemon(config_path: str | None, **flags: Any) -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+UP_HTTP = "127.0.0.1:8080"
+"""Where `up` serves HTTP by default: llama-server's port, which many tools are set up for."""
+
+
 @click.command()
 @click.option("--nodes", type=click.IntRange(1, 16), default=None,
               help="daemons to start [default: 3, or one per core for llama when fewer]")
@@ -58,13 +63,18 @@ def daemon(config_path: str | None, **flags: Any) -> None:
 @click.option("--heartbeat-interval", type=float, default=0.5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one per node, then ready (implies --no-dash)")
 @click.option("--no-dash", is_flag=True, help="keep the mesh up without opening the dashboard")
+@click.option("--http", "http", default=UP_HTTP, show_default=True, metavar="HOST:PORT",
+              help="the first node's HTTP gateway (OpenAI, Anthropic, Ollama APIs, /metrics); the default port "
+                   "when taken falls back to a free one, port 0 always picks one")
+@click.option("--no-http", is_flag=True, help="serve no HTTP gateway")
 def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_interval: float,
-       as_json: bool, no_dash: bool) -> None:
+       as_json: bool, no_dash: bool, http: str, no_http: bool) -> None:
     """Start a local mesh of daemons (free ports) and keep it up until Ctrl-C.
 
     By default it serves the bundled model gemma3-270m (a small base model:
     plain completion) and opens the dashboard on it; quitting the dashboard
-    (q) or Ctrl-C stops every daemon. The endpoints are recorded, so
+    (q) or Ctrl-C stops every daemon. The first node serves the HTTP gateway
+    (127.0.0.1:8080 unless taken: the URL is printed). The endpoints are recorded, so
     `zmqllm peers` and `zmqllm submit` find the mesh without --connect. Daemon
     logs go to the state dir (shown at start). Without a terminal it runs
     headless (and says so). One `up` runs at a time per ZMQLLM_HOME: a second
@@ -74,6 +84,7 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
     Examples:
       zmqllm up
       zmqllm up --nodes 3 --engine echo
+      zmqllm up --http 127.0.0.1:11434        # where Ollama's clients look
       zmqllm up --model /models/qwen2.5-1.5b-instruct-q4_k_m.gguf --nodes 1
     """
     from zmqllm.cli.invocation import command_name
@@ -85,6 +96,7 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
             check_model(model, "flag --model" if source is ParameterSource.COMMANDLINE else "default")
         except ConfigError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
+    gateway = None if no_http else _up_http(http, click.get_current_context().get_parameter_source("http"))
     dashboard = not (no_dash or as_json)
     headless = dashboard and not sys.stdout.isatty()
 
@@ -95,6 +107,20 @@ def up(nodes: int | None, engine: str, model: str, echo_rate: float, heartbeat_i
     try:
         sys.exit(run_mesh(nodes=nodes or default_nodes(engine), engine=engine, model=model, echo_rate=echo_rate,
                           heartbeat_interval=heartbeat_interval, as_json=as_json, dashboard=dashboard and not headless,
-                          on_start=say_headless if headless else None))
+                          on_start=say_headless if headless else None, http=gateway))
     except LaunchError as exc:
         raise CliError(str(exc)) from None
+
+
+def _up_http(address: str, source: ParameterSource | None) -> str:
+    """The gateway address `up` gives its first node: as asked (a bad one is a usage error), except that the
+    default port, when something else holds it, falls back to a free one rather than failing the mesh."""
+    from zmqllm.cli.launcher import port_is_free
+
+    parsed = http_address(address)
+    if parsed is None:
+        raise CliError(f"--http must be HOST:PORT, got {address!r}", EXIT_USAGE)
+    if source is ParameterSource.COMMANDLINE or port_is_free(*parsed):
+        return address
+    return f"{parsed[0]}:0"
+

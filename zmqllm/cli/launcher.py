@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -71,6 +72,7 @@ class Child:
     log_path: Path
     ready: threading.Event = field(default_factory=threading.Event)
     endpoint: str = ""
+    http: list[str] = field(default_factory=list)
     reported_exit: bool = False
 
 
@@ -84,6 +86,15 @@ def default_nodes(engine: str, cores: int | None = None) -> int:
 def threads_per_node(nodes: int, cores: int | None = None) -> int:
     """Cores split evenly; at least one thread each."""
     return max(1, (cores or os.cpu_count() or 1) // nodes)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a TCP port can be listened on now (port 0 always can)."""
+    try:
+        with socket.create_server((host, port)):
+            return True
+    except OSError:
+        return False
 
 
 def bind_to_parent() -> None:
@@ -107,8 +118,9 @@ def _pump(child: Child, log: TextIO) -> None:
         log.flush()
         if not child.ready.is_set() and '"event": "ready"' in line:
             try:
-                child.endpoint = json.loads(line)["endpoint"]
-            except (ValueError, KeyError):
+                ready = json.loads(line)
+                child.endpoint, child.http = ready["endpoint"], list(ready.get("http") or [])
+            except (ValueError, KeyError, TypeError):
                 continue
             child.ready.set()
     log.close()
@@ -165,23 +177,25 @@ def _emit(as_json: bool, record: dict[str, Any], text: str) -> None:
 
 
 def run_mesh(*, nodes: int, engine: str, model: str, echo_rate: float, heartbeat_interval: float,
-             as_json: bool, dashboard: bool = False, on_start: Callable[[], None] | None = None) -> int:
+             as_json: bool, dashboard: bool = False, on_start: Callable[[], None] | None = None,
+             http: str | None = None) -> int:
     """Start the mesh, report it, then open the dashboard on it (until the user quits)
     or supervise until SIGINT/SIGTERM; returns the exit code. Every daemon started is
     stopped on the way out. A LaunchError if another `up` runs on the same state dir;
-    `on_start` is called once this one holds the state dir, before any daemon starts."""
+    `on_start` is called once this one holds the state dir, before any daemon starts. `http`: the address the
+    first node serves the HTTP gateway on (None: none)."""
     lock = hold_up_lock()
     if on_start is not None:
         on_start()
     try:
         return _run_locked(nodes=nodes, engine=engine, model=model, echo_rate=echo_rate,
-                           heartbeat_interval=heartbeat_interval, as_json=as_json, dashboard=dashboard)
+                           heartbeat_interval=heartbeat_interval, as_json=as_json, dashboard=dashboard, http=http)
     finally:
         lock.close()
 
 
 def _run_locked(*, nodes: int, engine: str, model: str, echo_rate: float, heartbeat_interval: float,
-                as_json: bool, dashboard: bool) -> int:
+                as_json: bool, dashboard: bool, http: str | None) -> int:
     state_dir = paths.state_file().parent
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -197,23 +211,27 @@ def _run_locked(*, nodes: int, engine: str, model: str, echo_rate: float, heartb
     started = time.monotonic()
     try:
         for i in range(1, nodes + 1):
-            seed = ["--peer", children[0].endpoint] if children else []
+            seed = ["--peer", children[0].endpoint] if children else ["--http", http] if http else []
             child = _start(f"n{i}", common + seed, log_dir)
             children.append(child)
             _wait_ready(child)
             _emit(as_json, {"type": "node", "name": child.name, "endpoint": child.endpoint, "pid": child.proc.pid,
-                            "log": str(child.log_path)}, f"  {child.name}  {child.endpoint}  (log {child.log_path})")
+                            "log": str(child.log_path), **({"http": child.http} if child.http else {})},
+                  f"  {child.name}  {child.endpoint}  (log {child.log_path})")
             if stopping.is_set():
                 return 130
-        connect, command = children[0].endpoint, command_name()
-        paths.write_state({"connect": connect, "pid": os.getpid(),
+        connect, command, gateway = children[0].endpoint, command_name(), children[0].http
+        paths.write_state({"connect": connect, "pid": os.getpid(), "http": gateway,
                            "nodes": [{"name": c.name, "endpoint": c.endpoint, "pid": c.proc.pid} for c in children]})
-        _emit(as_json, {"type": "ready", "connect": connect, "nodes": nodes, "engine": engine,
+        _emit(as_json, {"type": "ready", "connect": connect, "nodes": nodes, "engine": engine, "http": gateway,
                         "elapsed_s": round(time.monotonic() - started, 3)},
               f"mesh of {nodes} up in {time.monotonic() - started:.1f}s ({_engine_note(engine, model)}); "
               f"client commands find it without --connect:\n"
               f"  {command} peers\n  {command} submit \"Once upon a time\" --max-tokens 32\n"
-              f"Ctrl-C stops every daemon.")
+              + "".join(f"HTTP (OpenAI, Anthropic, Ollama APIs; /metrics) at {url}:\n"
+                        f"  curl {url}/v1/completions -d '{{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}}'\n"
+                        for url in gateway[:1])
+              + "Ctrl-C stops every daemon.")
         if dashboard:
             from zmqllm.tui.app import run_dashboard
 
