@@ -6,6 +6,7 @@ its JSON ready line on stderr — never a sleep. Every wait has a deadline.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -152,6 +154,48 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+# --- the HTTP gateway ------------------------------------------------------------------------------------
+
+LOCAL_HTTP = ("--http", "127.0.0.1:0")
+"""A daemon's gateway on a free loopback port (its URL is in the ready line's `http`)."""
+
+
+def http_url(daemon: Daemon) -> str:
+    assert daemon.ready_event is not None and daemon.ready_event.get("http"), "the daemon serves no HTTP"
+    return daemon.ready_event["http"][0]
+
+
+def alive_names(daemon: Daemon) -> set[str]:
+    """The names of the nodes `daemon` sees alive (itself included)."""
+    with daemon.client() as client:
+        return {row["name"] for row in client.peers() if row["state"] == "alive"}
+
+
+def http_request(daemon: Daemon, method: str, path: str, body: dict | bytes | None = None,
+                 headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP request to a daemon's gateway (status, lower-cased headers, body), for what the official
+    clients hide; a dict body goes as JSON."""
+    url = urlsplit(http_url(daemon))
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    if isinstance(body, dict):
+        body, headers = json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})}
+    try:
+        conn.request(method, path, body, headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def http_pair(spawn) -> tuple[Daemon, Daemon]:
+    """Two echo nodes (as fast as they go); `a` serves HTTP."""
+    a = spawn("a", *LOCAL_HTTP, "--echo-rate", "0")
+    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "0")
+    wait_until(lambda: alive_names(a) == {"a", "b"}, 10, what="a sees b")
+    return a, b
 
 
 def process_gone(pid: int) -> bool:

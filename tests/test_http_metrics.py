@@ -11,7 +11,7 @@ import pytest
 
 import zmqllm
 
-from tests.conftest import Daemon, wait_until
+from tests.conftest import alive_names, wait_until
 
 openai = pytest.importorskip("openai", reason="the test extra installs openai")
 parser = pytest.importorskip("prometheus_client.parser")
@@ -40,15 +40,10 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def alive(daemon: Daemon) -> set[str]:
-    with daemon.client() as client:
-        return {row["name"] for row in client.peers() if row["state"] == "alive"}
-
-
 def test_metrics_parse_and_move_as_requests_run(spawn):
     a = spawn("a", "--http", "127.0.0.1:0", "--echo-rate", "0")
     b = spawn("b", "--peer", a.endpoint, "--echo-rate", "0", "--metrics", "127.0.0.1:0")
-    wait_until(lambda: alive(a) == {"a", "b"}, 10, what="a sees b")
+    wait_until(lambda: alive_names(a) == {"a", "b"}, 10, what="a sees b")
     url, metrics_url = a.ready_event["http"][0], b.ready_event["metrics"][0]
     before = scrape(url)
     assert value(before, "zmqllm_peers", state="alive") == 2
@@ -89,7 +84,7 @@ def test_metrics_parse_and_move_as_requests_run(spawn):
 def test_a_failover_is_counted_with_the_tokens_it_resumed(spawn):
     a = spawn("a", "--http", "127.0.0.1:0", "--echo-rate", "20")
     b = spawn("b", "--peer", a.endpoint, "--echo-rate", "20")
-    wait_until(lambda: alive(a) == {"a", "b"}, 10, what="a sees b")
+    wait_until(lambda: alive_names(a) == {"a", "b"}, 10, what="a sees b")
     url = a.ready_event["http"][0]
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=30)
     stream = client.with_options(default_headers={"x-zmqllm-peer": "b"}).completions.create(

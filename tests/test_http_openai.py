@@ -7,56 +7,22 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import Daemon, launch, run_cli, stop_process, wait_until
+from tests.conftest import LOCAL_HTTP, Daemon, alive_names, http_request, http_url, launch, run_cli, stop_process, wait_until
 
 openai = pytest.importorskip("openai", reason="the test extra installs openai")
 
-LOCAL_HTTP = ("--http", "127.0.0.1:0")
-
-
-def base_url(daemon: Daemon) -> str:
-    assert daemon.ready_event is not None
-    return daemon.ready_event["http"][0]
 
 
 def client_for(daemon: Daemon, key: str = "none", prefix: str = "/v1") -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url(daemon) + prefix, api_key=key, max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=http_url(daemon) + prefix, api_key=key, max_retries=0, timeout=30)
 
 
-def served_by(daemon: Daemon) -> set[str]:
-    with daemon.client() as client:
-        return {row["name"] for row in client.peers() if row["state"] == "alive"}
-
-
-@pytest.fixture
-def mesh(spawn) -> Iterator[tuple[Daemon, Daemon]]:
-    """Two echo nodes; `a` serves HTTP."""
-    a = spawn("a", *LOCAL_HTTP, "--echo-rate", "0")
-    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "0")
-    wait_until(lambda: served_by(a) == {"a", "b"}, 10, what="a sees b")
-    yield a, b
-
-
-def request(daemon: Daemon, method: str, path: str, body: dict | bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One raw HTTP request (status, headers, body), for what the openai client hides."""
-    url = urlsplit(base_url(daemon))
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    try:
-        conn.request(method, path, json.dumps(body) if isinstance(body, dict) else body, headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
-
-
-def test_openai_client_lists_completes_chats_and_streams(mesh):
-    a, _ = mesh
+def test_openai_client_lists_completes_chats_and_streams(http_pair):
+    a, _ = http_pair
     for prefix in ("/v1", ""):  # as llama-server, the routes answer without /v1 too
         client = client_for(a, prefix=prefix)
         models = client.models.list().data
@@ -90,10 +56,10 @@ def test_openai_client_lists_completes_chats_and_streams(mesh):
     assert "".join(c.choices[0].text for c in streamed) == "x y x "
 
 
-def test_http_requests_are_tasks_of_the_node(mesh, zmqllm_env):
+def test_http_requests_are_tasks_of_the_node(http_pair, zmqllm_env):
     """A request is journaled and listed like a `zmqllm submit`, and says which task and node it was."""
-    a, _ = mesh
-    status, headers, body = request(a, "POST", "/v1/completions", {"prompt": "p q", "max_tokens": 2, "stream": False,
+    a, _ = http_pair
+    status, headers, body = http_request(a, "POST", "/v1/completions", {"prompt": "p q", "max_tokens": 2, "stream": False,
                                                                   "frobnicate": True},  # unknown: ignored
                                     headers={"x-request-id": "req-42", "Content-Type": "application/json"})
     assert status == 200 and headers["x-request-id"] == "req-42"
@@ -103,12 +69,12 @@ def test_http_requests_are_tasks_of_the_node(mesh, zmqllm_env):
     listed = run_cli(zmqllm_env, "tasks", "--connect", a.endpoint, "--json")
     row = next(t for t in json.loads(listed.stdout) if t["task_id"] == task_id)
     assert row["state"] == "done" and row["tokens"] == 2
-    status, headers, _ = request(a, "GET", "/health")
+    status, headers, _ = http_request(a, "GET", "/health")
     assert status == 200 and len(headers["x-request-id"]) >= 16  # made when the client sent none
 
 
-def test_unknown_model_is_404_and_bad_parameter_is_400_in_openai_shape(mesh):
-    a, _ = mesh
+def test_unknown_model_is_404_and_bad_parameter_is_400_in_openai_shape(http_pair):
+    a, _ = http_pair
     client = client_for(a)
     with pytest.raises(openai.NotFoundError) as missing:
         client.completions.create(model="gpt-9", prompt="x", max_tokens=1)
@@ -116,13 +82,13 @@ def test_unknown_model_is_404_and_bad_parameter_is_400_in_openai_shape(mesh):
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="echo", temperature=5, messages=[{"role": "user", "content": "x"}])
     assert bad.value.body["param"] == "temperature" and bad.value.body["type"] == "invalid_request_error"
-    status, _, body = request(a, "POST", "/v1/completions", {"prompt": "x", "stop": [1, 2]})
+    status, _, body = http_request(a, "POST", "/v1/completions", {"prompt": "x", "stop": [1, 2]})
     assert status == 400 and json.loads(body)["error"]["param"] == "stop"
-    status, _, body = request(a, "POST", "/v1/chat/completions", {"messages": "hi"})
+    status, _, body = http_request(a, "POST", "/v1/chat/completions", {"messages": "hi"})
     assert status == 400 and json.loads(body)["error"]["param"] == "messages"
-    status, _, body = request(a, "POST", "/v1/chat/completions", b"{not json")
+    status, _, body = http_request(a, "POST", "/v1/chat/completions", b"{not json")
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
-    status, _, body = request(a, "GET", "/v1/nowhere")
+    status, _, body = http_request(a, "GET", "/v1/nowhere")
     assert status == 404 and "error" in json.loads(body)
 
 
@@ -131,7 +97,7 @@ def test_every_node_busy_is_429_with_retry_after(spawn):
     client = client_for(a)
     with client.completions.create(model="echo", prompt="hold", max_tokens=400, stream=True) as hold:
         next(iter(hold))  # the one slot is taken
-        status, headers, body = request(a, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1})
+        status, headers, body = http_request(a, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1})
     assert status == 429 and headers["retry-after"] == "1"
     assert json.loads(body)["error"]["code"] == "busy"
 
@@ -139,8 +105,8 @@ def test_every_node_busy_is_429_with_retry_after(spawn):
 def test_closing_a_stream_midway_cancels_the_task(spawn, zmqllm_env):
     a = spawn("a", *LOCAL_HTTP, "--echo-rate", "20")
     b = spawn("b", "--peer", a.endpoint, "--echo-rate", "20")
-    wait_until(lambda: served_by(a) == {"a", "b"}, 10, what="a sees b")
-    url = urlsplit(base_url(a))
+    wait_until(lambda: alive_names(a) == {"a", "b"}, 10, what="a sees b")
+    url = urlsplit(http_url(a))
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     conn.request("POST", "/v1/completions", json.dumps({"prompt": "tick", "max_tokens": 2000, "stream": True,
                                                         "x": 1}),
@@ -166,10 +132,10 @@ def test_api_key_is_required_when_set(spawn):
     a = spawn("locked", *LOCAL_HTTP, "--api-key", "k-one, k-two")
     with pytest.raises(openai.AuthenticationError):
         client_for(a, key="wrong").models.list()
-    status, _, body = request(a, "GET", "/v1/models")
+    status, _, body = http_request(a, "GET", "/v1/models")
     assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
     assert [m.id for m in client_for(a, key="k-two").models.list().data] == ["echo"]
-    assert request(a, "GET", "/health")[0] == 200  # probes need no key
+    assert http_request(a, "GET", "/health")[0] == 200  # probes need no key
     assert not any("k-one" in line or "k-two" in line for line in a.log_lines)
 
 
@@ -182,7 +148,7 @@ def test_http_beyond_loopback_without_a_key_refuses_to_start(zmqllm_env):
     env = {**zmqllm_env, "ZMQLLM_ALLOW_UNAUTHENTICATED_HTTP": "true"}
     daemon = launch(env, "open", "--http", "0.0.0.0:0")
     try:
-        assert base_url(daemon).startswith("http://0.0.0.0:")
+        assert http_url(daemon).startswith("http://0.0.0.0:")
     finally:
         assert stop_process(daemon.proc) == 0
 
@@ -217,7 +183,7 @@ def test_a_stream_survives_its_executor_being_killed(spawn):
     """SIGKILL the node running an HTTP stream: the mesh fails it over and the client sees one unbroken text."""
     a = spawn("a", *LOCAL_HTTP, "--echo-rate", "20")
     b = spawn("b", "--peer", a.endpoint, "--echo-rate", "20")
-    wait_until(lambda: served_by(a) == {"a", "b"}, 10, what="a sees b")
+    wait_until(lambda: alive_names(a) == {"a", "b"}, 10, what="a sees b")
     stream = client_for(a).with_options(default_headers={"x-zmqllm-peer": "b"}).completions.create(
         model="echo", prompt="w", max_tokens=40, stream=True)
     texts = []

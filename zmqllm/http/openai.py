@@ -7,7 +7,6 @@ Unknown fields are ignored, as OpenAI does; a known field of the wrong type or r
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,8 +14,10 @@ from typing import Any, Literal
 from zmqllm import __version__
 from zmqllm.core.chat import check_messages
 from zmqllm.core.tasks import TaskSpec
-from zmqllm.core.validation import MAX_STOPS, MAX_STOP_CHARS, MAX_TOKENS_LIMIT
+from zmqllm.core.generation import Range
+from zmqllm.core.validation import MAX_TOKENS_LIMIT
 from zmqllm.http.errors import ApiError, bad
+from zmqllm.http.fields import body_object, sampling, stops, typed
 
 Kind = Literal["completion", "chat"]
 DEFAULT_MAX_TOKENS = 128
@@ -26,11 +27,8 @@ SSE_DONE = b"data: [DONE]\n\n"
 MAX_CHOICES = 16
 """Most choices (`n`) one request may ask for: each is a task on its own slot somewhere in the mesh."""
 
-_RANGES: dict[str, tuple[type, float, float]] = {
-    "temperature": (float, 0.0, 2.0), "top_p": (float, 0.0, 1.0), "min_p": (float, 0.0, 1.0),
-    "top_k": (int, 0, 2**31 - 1), "repeat_penalty": (float, 0.0, math.inf), "seed": (int, -(2**63), 2**63 - 1),
-}
-"""Sampling fields a request may carry (OpenAI's and llama.cpp's extras), their type and closed range."""
+LIMITS = {"temperature": Range(0.0, 2.0)}
+"""Where OpenAI's ranges are narrower than what the engines accept."""
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """OpenAI's roles as a task's chat knows them (`developer` is the newer name for `system`)."""
 
@@ -57,8 +55,7 @@ class Request:
 
 def parse(kind: Kind, body: Any) -> Request:
     """Check a request body; raises `ApiError` (400) naming the first parameter at fault."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    body = body_object(body)
     model = _optional(body, "model", str)
     if kind == "chat":
         prompt, messages = "", _messages(body.get("messages"))
@@ -73,35 +70,18 @@ def parse(kind: Kind, body: Any) -> Request:
     if n is not None and not 1 <= n <= MAX_CHOICES:
         raise bad("n", f"n must be between 1 and {MAX_CHOICES}, got {n}")
     _optional(body, "user", str)
-    params = {}
-    for name, (typ, low, high) in _RANGES.items():
-        value = _optional(body, name, typ)
-        if value is not None:
-            if not low <= value <= high:
-                raise bad(name, f"{name} must be between {low:g} and {high:g}, got {value}")
-            params[name] = value
+    params = sampling(body, limits=LIMITS)
     stream = bool(_optional(body, "stream", bool))
     options = _optional(body, "stream_options", dict) or {}
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise bad("stream_options.include_usage", "stream_options.include_usage must be a boolean")
-    return Request(kind, model, prompt, messages, max_tokens or DEFAULT_MAX_TOKENS, params, _stop(body.get("stop")),
+    return Request(kind, model, prompt, messages, max_tokens or DEFAULT_MAX_TOKENS, params, stops(body.get("stop"), "stop"),
                    stream, include_usage and stream, n or 1)
 
 
 def _optional(body: dict[str, Any], name: str, typ: type) -> Any:
-    """The field's value, None when absent or null; a wrong type is a 400 (an int passes for a float)."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        word = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "an object"}[typ]
-        raise bad(name, f"{name} must be {word}, got {json.dumps(value)[:40]}")
-    if typ is float and not math.isfinite(value):
-        raise bad(name, f"{name} must be a finite number")
-    return value
+    return typed(body.get(name), name, typ)
 
 
 def _prompt(value: Any) -> str:
@@ -136,15 +116,6 @@ def _content(content: Any, i: int) -> str:
                                          and isinstance(p.get("text"), str) for p in content):
         return "".join(p["text"] for p in content)
     raise bad(f"messages[{i}].content", f"messages[{i}].content must be a string or a list of text parts")
-
-
-def _stop(value: Any) -> tuple[str, ...]:
-    stops = [value] if isinstance(value, str) else [] if value is None else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops):
-        raise bad("stop", f"stop must be a string or a list of strings of 1-{MAX_STOP_CHARS} characters")
-    if len(stops) > MAX_STOPS:
-        raise bad("stop", f"stop may hold at most {MAX_STOPS} sequences, got {len(stops)}")
-    return tuple(stops)
 
 
 class Framing:

@@ -39,7 +39,7 @@ MAX_DEADLINE_S = 24 * 3600.0
 """Longest `x-zmqllm-deadline` (a day: longer is a typo)."""
 CLIENT_LEFT = 499
 """The status a request is counted under when its client went away first (nginx's convention)."""
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})
 """Paths served without an API key (load balancers probe them)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
