@@ -192,3 +192,57 @@ def test_a_stream_survives_its_executor_being_killed(spawn):
         if len(texts) == 5:
             b.kill()
     assert "".join(texts) == "w " * 40 and chunk.choices[0].finish_reason == "length"
+
+
+@pytest.mark.llama
+def test_a_greedy_stream_whose_executor_is_killed_equals_an_uninterrupted_run(spawn):
+    """The acceptance run on the bundled model (slots = 1): SIGKILL the executor mid-SSE; the stream completes on
+    the other node with the text an uninterrupted greedy run gives, nothing duplicated or missing."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: bin/setup installs it")
+    llama = ("--model", "bundled:gemma3-270m", "--threads", "1", "--slots", "1")
+    a = spawn("la", *LOCAL_HTTP, *llama, engine="llama")
+    b = spawn("lb", "--peer", a.endpoint, *llama, engine="llama")
+    wait_until(lambda: alive_names(a) == {"la", "lb"}, 20, what="la sees lb")
+    request = dict(model="gemma3-270m", prompt="The history of the city of Paris", max_tokens=40, temperature=0)
+    expected = client_for(a).with_options(default_headers={"x-zmqllm-peer": "la"}).completions.create(**request)
+    stream = client_for(a).with_options(default_headers={"x-zmqllm-peer": "lb"}).completions.create(
+        **request, stream=True)
+    texts = []
+    for chunk in stream:
+        texts.append(chunk.choices[0].text)
+        if len(texts) == 5:
+            b.kill()
+    assert len(texts) > 5 and "".join(texts) == expected.choices[0].text
+    assert chunk.choices[0].finish_reason == expected.choices[0].finish_reason
+
+
+def test_n_choices_run_as_separate_tasks_spread_over_the_mesh(http_pair):
+    a, _ = http_pair
+    whole = client_for(a).completions.create(model="echo", prompt="one two", max_tokens=3, n=2)
+    assert [(c.index, c.text) for c in whole.choices] == [(0, "one two one "), (1, "one two one ")]
+    assert whole.usage.completion_tokens == 6
+    status, headers, _ = http_request(a, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1, "n": 2})
+    assert status == 200 and len(headers["x-zmqllm-task-id"].split(",")) == 2
+    assert set(headers["x-zmqllm-executed-by"].split(",")) == {"a", "b"}  # two idle nodes: one choice each
+    chunks = list(client_for(a).chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "hi"}], max_tokens=2, n=3, stream=True))
+    texts = {index: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices[0].index == index)
+             for index in range(3)}
+    assert texts == {0: "hi hi ", 1: "hi hi ", 2: "hi hi "}
+    assert sum(1 for c in chunks if c.choices[0].finish_reason == "length") == 3
+
+
+def test_a_deadline_header_ends_a_slow_request_with_504(spawn):
+    a = spawn("a", *LOCAL_HTTP, "--echo-rate", "5")
+    status, _, body = http_request(a, "POST", "/v1/completions", {"prompt": "slow", "max_tokens": 50},
+                                   {"x-zmqllm-deadline": "0.5"})
+    assert status == 504 and json.loads(body)["error"]["code"] == "deadline"
+    status, _, body = http_request(a, "POST", "/v1/completions", {"prompt": "x"}, {"x-zmqllm-deadline": "soon"})
+    assert status == 400 and json.loads(body)["error"]["param"] == "x-zmqllm-deadline"
+
+
+def test_the_body_limit_is_a_setting(spawn):
+    a = spawn("a", *LOCAL_HTTP, "--http-max-body-mb", "0.01")
+    status, _, body = http_request(a, "POST", "/v1/completions", {"prompt": "x" * 20_000, "max_tokens": 1})
+    assert status == 413 and "10485 bytes" in json.loads(body)["error"]["message"]
+    assert http_request(a, "POST", "/v1/completions", {"prompt": "x" * 1000, "max_tokens": 1})[0] == 200

@@ -115,6 +115,7 @@ async def stream(request: web.Request, runs: TaskRuns, framing: Framing) -> web.
     await response.prepare(request)
     dones: list[dict[str, Any]] = [{} for _ in range(runs.count)]
     out = [framing.opening()]
+    failed = False
     while True:
         for index, type_, fields in batch:
             if type_ == "TOKEN":
@@ -122,12 +123,13 @@ async def stream(request: web.Request, runs: TaskRuns, framing: Framing) -> web.
             elif type_ == "ERROR":
                 out.append(framing.failure(from_task_error(fields)))
                 runs.cancel()  # one choice failed: the answer is incomplete, the others stop
+                failed = True
                 break
             elif type_ == "DONE":
                 dones[index] = fields
                 out.append(framing.finish(index, fields))
-                if runs.finished:
-                    out.append(framing.closing(dones))
+        if runs.finished and not failed:
+            out.append(framing.closing(dones))  # after the batch: it may hold several choices' DONE
         try:
             await response.write(b"".join(out))
         except ConnectionResetError:  # the client left between two reads: the handler cancels the tasks
