@@ -8,26 +8,31 @@ import sys
 
 import click
 
-from zmqllm.cli.common import EXIT_INTERRUPTED
+from zmqllm.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, CliError
 
 @click.command()
-@click.argument("what", type=click.Choice(["messaging", "overhead", "failover", "dash", "workflow", "concurrency"]))
+@click.argument("what", type=click.Choice(["messaging", "overhead", "failover", "dash", "workflow", "concurrency",
+                                                 "http"]))
 @click.option("--tokens", type=click.IntRange(min=2), default=None,
-              help="tokens per run [default: 20000 messaging, 128 overhead]")
+              help="tokens per run [default: 20000 messaging, 128 overhead and http (32 with --quick)]")
 @click.option("--runs", type=click.IntRange(min=1), default=None,
-              help="runs to take the median of [default: 5; concurrency, workflow 3; failover 10, at least]")
+              help="runs to take the median of [default: 5; concurrency, workflow 3; failover 10, at least; "
+                   "http --quick 3]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="llama threads, raw and mesh alike [default: cores - 1, leaving one for the relay processes]")
 @click.option("--llama-server", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="concurrency: llama.cpp's llama-server binary, the baseline [default: built once from the "
+              help="concurrency, http: llama.cpp's llama-server binary, the baseline [default: built once from the "
                    "installed llama-cpp-python's sources and cached]")
 @click.option("--gpu-layers", type=int, default=0, show_default=True,
               help="concurrency: layers offloaded to the GPU, zmqllm and llama-server alike (-1 = all)")
 @click.option("--no-build", is_flag=True,
-              help="concurrency: never build llama-server; without one, compare with slots = 1")
+              help="concurrency, http: never build llama-server; without one, concurrency compares with slots = 1 "
+                   "and http skips its part (b)")
+@click.option("--quick", is_flag=True, help="http: a short run (3 runs, 32 greedy tokens, 256-token echo streams)")
+@click.option("--echo-only", is_flag=True, help="http: only part (c), the echo streams (no model, no llama-server)")
 @click.option("--json", "as_json", is_flag=True)
 def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, llama_server: str | None,
-          gpu_layers: int, no_build: bool, as_json: bool) -> None:
+          gpu_layers: int, no_build: bool, quick: bool, echo_only: bool, as_json: bool) -> None:
     """Measure the mesh against a raw baseline in the same run; prints ratios.
 
     \b
@@ -49,6 +54,18 @@ def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, 
     dash:      events/s the dashboard ingests while keeping its repaint rate,
                key-to-screen latency p50/p95, and a daemon's tok/s with vs
                without a dashboard attached.
+    http:      the OpenAI gateway (POST /v1/completions, streamed): (a) one
+               greedy stream of the bundled model, gateway vs the native
+               client on the same daemon (tok/s ratio, TTFT added); (b) the
+               same request to llama.cpp's llama-server (as concurrency finds
+               or builds it); (c) 64 concurrent echo streams through one
+               gateway vs the native client (aggregate tok/s). A part that
+               cannot run is skipped with its reason (exit 1).
+
+    \b
+    Examples:
+      zmqllm bench http --quick
+      zmqllm bench http --echo-only --json
     """
 
     from zmqllm.bench import mesh as benchmarks
@@ -69,6 +86,8 @@ def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, 
             from zmqllm.bench import workflow as workflow_bench
 
             report = workflow_bench.run_workflow(runs=runs or 3, threads=threads or 1)
+        elif what == "http":
+            report = _run_http(runs, tokens, threads, llama_server, no_build, quick, echo_only)
         elif what == "dash":
             from zmqllm.bench import dash as dashbench
 
@@ -80,3 +99,21 @@ def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, 
         click.echo("bench: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(json.dumps(report, indent=2) if as_json else report["summary"])
+    if report.get("failed"):
+        reasons = "; ".join(f"{part}: {why}" for part, why in report["skipped"].items())
+        click.echo(f"bench: {what}: a part could not run: {reasons}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def _run_http(runs: int | None, tokens: int | None, threads: int | None, llama_server: str | None,
+              no_build: bool, quick: bool, echo_only: bool) -> dict:
+    """`bench http`, its progress on stderr; one line and exit 1 when no part of it can run."""
+    from zmqllm.bench import http as http_bench
+
+    try:
+        return http_bench.run_http(threads=threads or max(1, (os.cpu_count() or 2) - 1), runs=runs, tokens=tokens,
+                                   quick=quick, echo_only=echo_only, llama_server_binary=llama_server,
+                                   build=not no_build,
+                                   progress=lambda line: click.echo(f"bench: http: {line}", err=True))
+    except RuntimeError as exc:
+        raise CliError(f"bench http could not run: {exc}") from None
