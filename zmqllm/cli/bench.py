@@ -17,7 +17,7 @@ from zmqllm.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, CliError
               help="tokens per run [default: 20000 messaging, 128 overhead and http (32 with --quick)]")
 @click.option("--runs", type=click.IntRange(min=1), default=None,
               help="runs to take the median of [default: 5; concurrency, workflow 3; failover 10, at least; "
-                   "http --quick 3]")
+                   "http 6 (--quick 3), a multiple of its 3 sides]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="llama threads, raw and mesh alike [default: cores - 1, leaving one for the relay processes]")
 @click.option("--llama-server", type=click.Path(exists=True, dir_okay=False), default=None,
