@@ -72,7 +72,8 @@ async def _print_events(stream: Any, as_json: bool, interrupted: asyncio.Event) 
             sys.stdout.write(event["text"])
             sys.stdout.flush()
         elif kind == "failover":
-            print(f"\n[failover {event['from']} -> {event['to']} at token {event['at_seq']}: {event['reason']}]",
+            what = "origin" if event.get("kind") == "origin" else "failover"  # the node we talk to, or its executor
+            print(f"\n[{what} {event['from']} -> {event['to']} at token {event['at_seq']}: {event['reason']}]",
                   file=sys.stderr)
         elif kind == "done":
             sys.stdout.write("\n")

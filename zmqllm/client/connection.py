@@ -29,12 +29,17 @@ from zmqllm.core.events import LEASE_S
 from zmqllm.net.keys import MeshKey
 from zmqllm.core.protocol import Message, ProtocolError
 from zmqllm.net.transport import Channel, Monitor, Sent
+from zmqllm.client.resume import Received
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_TOKENS = 128
 _PROBE_AFTER = 0.5
 """Fraction of `timeout` a stream stays silent before asking the node whether it is still there."""
 _EVENT_TYPES = {"ACCEPTED": "accepted", "TOKEN": "token", "FAILOVER": "failover", "DONE": "done", "ERROR": "error"}
+MOVE_PROBE_S = 2.0
+"""How long a client moving off a lost node waits for each other node to answer before trying the next."""
+PEERS_REFRESH_S = 10.0
+"""How old the client's list of the mesh's endpoints may grow before a submit refreshes it (in the background)."""
 
 
 class MeshUnreachable(Exception):
@@ -47,6 +52,15 @@ class MeshUnreachable(Exception):
         self.refused = refused
 
 
+class NodeLost(MeshUnreachable):
+    """The node closed the connection (it stopped, died or is restarting)."""
+
+    def __init__(self, endpoint: str) -> None:
+        Exception.__init__(self, f"{endpoint} closed the connection (the node stopped or restarted)")
+        self.endpoint = endpoint
+        self.refused = ""
+
+
 class RequestFailed(Exception):
     """The node answered a query with an ERROR."""
 
@@ -57,8 +71,10 @@ class RequestFailed(Exception):
 
 
 def event_from(message: Message) -> dict[str, Any]:
-    """A task message as the CONTRACT's JSON event."""
+    """A task message as the CONTRACT's JSON event (a FAILOVER the origin reports is an executor's)."""
     event: dict[str, Any] = {"type": _EVENT_TYPES[message.type]}
+    if message.type == "FAILOVER":
+        event["kind"] = "executor"
     event.update(message.fields)
     return event
 
@@ -94,19 +110,56 @@ class AsyncClient:
         self._stream_refs: dict[int, _Stream] = {}
         self._heard_at = float("-inf")
         """When the node last sent anything (monotonic s): a stream waits on silence, not on each wait."""
+        self._lost = False
+        """The connection to the node closed (it died or restarted): streams move to another node."""
+        self.endpoints: list[str] = [endpoint]
+        """The mesh's live endpoints as last learnt (this node's first): where a stream goes if it is lost."""
+        self._endpoints_at = float("-inf")
+        self._moving = asyncio.Lock()
+        self._connection = 0
+        """Counts the connections this client has had: a stream moves only off the one it was lost on."""
+        self._background: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> AsyncClient:
-        key = self.mesh_key or keys.from_env()
         self._ctx = zmq.Context()
+        self._connect(self.endpoint)
+        return self
+
+    def _connect(self, endpoint: str) -> None:
+        """One DEALER to `endpoint`, watched for a refused handshake and for the connection closing."""
+        assert self._ctx is not None
+        key = self.mesh_key or keys.from_env()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())  # nodes (and their traces) name us by it
         if key is not None:
             key.dial(sock)
-        self._monitor = Monitor(sock, keys.HANDSHAKE_FAILED, lambda event: self._on_handshake_failed(event, key))
-        sock.connect(self.endpoint)
+        self._monitor = Monitor(sock, keys.HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED,
+                                lambda event: self._on_socket_event(event, key))
+        sock.connect(endpoint)
+        self.endpoint, self._lost, self._refused = endpoint, False, ""
+        self._heard_at = float("-inf")
+        self._connection += 1
         self._channel = Channel(sock, self._on_frames)
-        return self
+
+    def _disconnect(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close()
+            self._monitor = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _on_socket_event(self, event: int, key: MeshKey | None) -> None:
+        if event == zmq.EVENT_DISCONNECTED:
+            self._lost = True  # the node closed the connection: it died, or is restarting
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(NodeLost(self.endpoint))
+            for stream in self._streams.values():
+                stream.arrived.set()
+        else:
+            self._on_handshake_failed(event, key)
 
     def _on_handshake_failed(self, event: int, key: MeshKey | None) -> None:
         """The node turned down our security handshake: it never will accept, so
@@ -122,12 +175,9 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.close()
-            self._monitor = None
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        for task in self._background:
+            task.cancel()
+        self._disconnect()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -176,21 +226,82 @@ class AsyncClient:
         failover: bool = True,
         deadline_s: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Submit a completion (or, with `messages` and an empty prompt, a chat) and
-        stream its events until `done` or `error`."""
+        """Submit a completion (or, with `messages` and an empty prompt, a chat) and stream its events until
+        `done` or `error`. If the node it went to is lost (its connection closes, or it falls silent for
+        `timeout`), the task moves to another live node of the mesh with what was received, and the stream goes
+        on after one `failover` event of kind `origin`: every token once, in order (unless `failover` is False)."""
         task_id = task_id or uuid.uuid4().hex
         stream = self._streams.setdefault(task_id, _Stream())
+        fields = dict(task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {}, stop=list(stop),
+                      model=model, peer=peer, messages=list(messages) if messages else None,
+                      failover=None if failover else False, deadline_s=deadline_s)
+        received = Received()
         try:
-            self._send("SUBMIT", task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {},
-                       stop=list(stop), model=model, peer=peer, messages=list(messages) if messages else None,
-                       failover=None if failover else False, deadline_s=deadline_s)
+            self._send("SUBMIT", **fields)
+            connection = self._connection
+            if failover:
+                self._learn_endpoints()
             while True:
-                message = await self._next_for_task(stream)
+                try:
+                    message = await self._next_for_task(stream)
+                except MeshUnreachable as exc:
+                    lost = self.endpoint
+                    if not failover or self._refused or not await self._move_off(connection):
+                        raise
+                    stream.messages.clear()  # whatever the lost node had queued is replayed or superseded
+                    self._send("SUBMIT", **fields, **received.resume_fields())
+                    connection = self._connection
+                    yield {"type": "failover", "kind": "origin", "task_id": task_id, "from": lost,
+                           "to": self.endpoint, "at_seq": received.count, "reason": str(exc)}
+                    continue
+                if message.type == "TOKEN" and not received.accept(message["seq"], message["text"], message["ids"]):
+                    continue  # already received: the new origin replays the resumed prefix to a resend
                 yield event_from(message)
                 if message.type in ("DONE", "ERROR"):
                     return
         finally:
             self._streams.pop(task_id, None)
+
+    def _learn_endpoints(self) -> None:
+        """Refresh, in the background and at most every PEERS_REFRESH_S, where this client could go if its node
+        is lost: the endpoints of the nodes it sees alive (a submit does not wait for it)."""
+        now = time.monotonic()
+        if now - self._endpoints_at < PEERS_REFRESH_S:
+            return
+        self._endpoints_at = now
+
+        async def learn() -> None:
+            with contextlib.suppress(MeshUnreachable, RequestFailed, RuntimeError):
+                rows = await self.peers()
+                alive = [row["endpoint"] for row in rows if row.get("state") == "alive" and row.get("endpoint")]
+                self.endpoints = list(dict.fromkeys([self.endpoint, *alive, *self.endpoints]))
+
+        task = asyncio.get_running_loop().create_task(learn())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _move_off(self, connection: int) -> bool:
+        """Connect to another live node of the mesh instead of the lost one (each is asked for its status,
+        within MOVE_PROBE_S; the lost one last, if it closed the connection rather than fell silent). True once
+        connected, or when another stream already moved this client; False when no node answers."""
+        async with self._moving:
+            if self._connection != connection and not self._lost:
+                return True
+            lost = self.endpoint
+            candidates = [e for e in self.endpoints if e != lost]
+            if self._lost:
+                candidates.append(lost)  # it closed the connection: it may be back from a restart
+            for endpoint in candidates:
+                self._disconnect()
+                self._connect(endpoint)
+                try:
+                    async with asyncio.timeout(min(MOVE_PROBE_S, self.timeout)):
+                        await self.status()
+                except (MeshUnreachable, RequestFailed, TimeoutError):
+                    continue
+                if not self._lost:
+                    return True  # another node, or the lost one back after a restart
+            return False
 
     async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         """This node's trace events, one batch at a time (`{"node", "events",
@@ -269,6 +380,8 @@ class AsyncClient:
         while not stream.messages:
             if self._refused:
                 raise MeshUnreachable(self.endpoint, self.timeout, self._refused)
+            if self._lost:
+                raise NodeLost(self.endpoint)
             heard = max(self._heard_at, waiting_since)
             now = time.monotonic()
             if now - heard >= self.timeout:

@@ -124,6 +124,9 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "messages": MAPS + _OPTIONAL,
         "failover": BOOL + _OPTIONAL,
         "deadline_s": NUM + _OPTIONAL,
+        "resume_ids": INTS + _OPTIONAL,
+        "resume_text": STR + _OPTIONAL,
+        "start_seq": INT + _OPTIONAL,
     },
     "ACCEPTED": {"task_id": STR, "origin": STR},
     "ASSIGN": {

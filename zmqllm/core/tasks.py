@@ -8,6 +8,7 @@ the final result that a resent SUBMIT with the same id gets again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +70,8 @@ class OriginTask:
     """The DONE or ERROR fields the task ended with (replayed to a resubmit)."""
     final_type: str | None = None
     failovers: int = 0
+    resumed: bool = False
+    """A client brought it here from a lost origin with what it had received (`resume_from`)."""
     last_token_at: float | None = None
     """When the latest token reached the origin (the metrics' gap between tokens)."""
     checkpointed: int = 0
@@ -84,6 +87,14 @@ class OriginTask:
     instead of moving to another node."""
     output_in_journal: bool = False
     """A finished task whose tokens and text left memory: the journal holds them and replays them."""
+
+    def resume_from(self, count: int, text: str, ids: Sequence[int]) -> None:
+        """Continue a task whose origin was lost: its client had received `count` token events holding `text`
+        and `ids`. The first chunk holds them all and the others are empty, so the next token is `count` (the
+        client's next seq) and the next executor replays exactly `ids`."""
+        if count:
+            self.tokens = [(text, list(ids))] + [("", []) for _ in range(count - 1)]
+            self.resumed = True
 
     @property
     def delivered_ids(self) -> tuple[int, ...]:
@@ -124,7 +135,7 @@ class OriginTask:
         if self.executor_name is not None and self.executor_name not in self.executed_on:
             self.executed_on.append(self.executor_name)
         done = dict(fields)
-        if self.failovers:  # the last executor counted only its own tokens
+        if self.failovers or self.resumed:  # the last executor counted only its own tokens
             usage = dict(done.get("usage", {}))
             usage["completion_tokens"] = len(self.delivered_ids)
             done["usage"] = usage

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from zmqllm.core.chat import check_messages
 from zmqllm.core.generation import SAMPLING_KEYS
 from zmqllm.core.tasks import TaskSpec
@@ -38,3 +40,17 @@ def validate_spec(spec: TaskSpec) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             return f"sampling parameter {key!r} must be {'an integer' if kind is int else 'a number'}"
     return None
+
+
+def resume_problem(max_tokens: int, resume_ids: Sequence[int], start_seq: int, whole: bool = False) -> str | None:
+    """Why the tokens a task resumes after (an ASSIGN after a failover, a SUBMIT after a lost origin) do not fit
+    it, or None. `start_seq` token events hold `resume_ids`, at least one id each. An executor needs something
+    left to generate; an origin (`whole`) may be given every token (it then only has to end the task)."""
+    if any(token < 0 for token in resume_ids):
+        return "resume_ids must be token ids (>= 0)"
+    if len(resume_ids) > max_tokens or (len(resume_ids) == max_tokens and not whole):
+        return f"resume_ids holds {len(resume_ids)} tokens: nothing is left of max_tokens {max_tokens}"
+    if not 0 <= start_seq <= min(max_tokens, len(resume_ids)):
+        return f"start_seq must be between 0 and the {len(resume_ids)} resumed token ids (max_tokens {max_tokens})"
+    return None
+

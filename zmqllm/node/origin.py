@@ -17,7 +17,7 @@ from zmqllm.engines.base import EngineError, GenerationResult, TokenChunk
 from zmqllm.core.protocol import Message
 from zmqllm.core.scheduler import Candidate, NoRoute, choose_executor
 from zmqllm.core.tasks import OriginTask, TaskSpec, done_fields
-from zmqllm.core.validation import validate_spec
+from zmqllm.core.validation import resume_problem, validate_spec
 from zmqllm.net.transport import Sent
 from zmqllm.node.journal import JOURNAL_ERRORS, Chunks
 
@@ -55,18 +55,29 @@ class Origin:
         if problem is not None:
             self.node.reply_error(client, "bad_request", problem, re=message.id, task_id=spec.task_id)
             return
+        resume_ids, start_seq = list(message.get("resume_ids") or ()), message.get("start_seq") or 0
+        problem = resume_problem(spec.max_tokens, resume_ids, start_seq, whole=True)
+        if problem is not None:
+            self.node.reply_error(client, "bad_request", problem, re=message.id, task_id=spec.task_id)
+            return
         existing = self.tasks.get(spec.task_id) or self._from_journal(spec)
         if existing is not None:
             self._attach(client, existing, message.id)
             return
         task = OriginTask(spec, self.node.clock())
+        task.resume_from(start_seq, message.get("resume_text") or "", resume_ids)  # its origin was lost
         problem = self._record(task)  # on disk before the client hears of it
         if problem is not None:
             self.node.reply_error(client, "internal", problem, re=message.id, task_id=spec.task_id, retryable=True)
             return
         self.clients[spec.task_id] = [client]
         self.node.reply(client, "ACCEPTED", re=message.id, task_id=spec.task_id, origin=self.node.settings.name)
-        log.info("task %s accepted (model=%s, peer=%s)", spec.task_id, spec.model, spec.peer)
+        log.info("task %s accepted (model=%s, peer=%s%s)", spec.task_id, spec.model, spec.peer,
+                 f", resumed after {start_seq} tokens from a lost origin" if task.resumed else "")
+        if len(task.delivered_ids) >= spec.max_tokens:  # its client had every token: only the ending was lost
+            self._end_done(task, {"finish_reason": "length", "usage": {"prompt_tokens": 0}, "timings": {},
+                                  "executed_by": "", "executed_on": []})
+            return
         self._start(task)
 
     def submit_local(self, spec: TaskSpec, listener: TaskListener, avoid: Iterable[str] = ()) -> str | None:

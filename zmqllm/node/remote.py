@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from zmqllm.engines.base import EngineError, GenerationResult, TokenChunk
 from zmqllm.core.protocol import Message
 from zmqllm.core.tasks import TaskSpec, done_fields
-from zmqllm.core.validation import validate_spec
+from zmqllm.core.validation import resume_problem, validate_spec
 from zmqllm.node.executor import JobKey
 from zmqllm.net.transport import Sent
 
@@ -134,11 +134,4 @@ def _assign_problem(spec: TaskSpec, message: Message) -> str | None:
     problem = validate_spec(spec)
     if problem is not None:
         return problem
-    resume_ids = message.get("resume_ids") or ()
-    if len(resume_ids) >= spec.max_tokens:
-        return f"resume_ids holds {len(resume_ids)} tokens: nothing is left of max_tokens {spec.max_tokens}"
-    if any(token < 0 for token in resume_ids):
-        return "resume_ids must be token ids (>= 0)"
-    if not 0 <= message.get("start_seq", 0) <= spec.max_tokens:
-        return f"start_seq must be between 0 and max_tokens {spec.max_tokens}"
-    return None
+    return resume_problem(spec.max_tokens, message.get("resume_ids") or (), message.get("start_seq") or 0)
