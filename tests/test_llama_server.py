@@ -58,3 +58,15 @@ def test_cmake_args_get_a_build_of_their_own(home: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on")
     cuda = llama_server.cached_binary()
     assert cuda != cpu and cuda.parent.name.startswith(cpu.parent.name + "-")
+
+
+def test_the_baseline_builds_portable_where_the_cpu_advertises_amx(tmp_path, monkeypatch):
+    from zmqllm.bench.llama_server import PORTABLE_ARGS, _cmake_args
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n")
+    plain.write_text("flags\t\t: fpu avx2\n")
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    assert _cmake_args(amx) == PORTABLE_ARGS.split() and _cmake_args(plain) == []
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on")
+    assert _cmake_args(amx) == ["-DGGML_CUDA=on"]  # what the user asks for wins

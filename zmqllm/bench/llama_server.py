@@ -48,9 +48,23 @@ def llama_cpp_version() -> str:
         raise BuildError("llama-cpp-python is not installed") from None
 
 
-def _cmake_args() -> list[str]:
-    """CMAKE_ARGS as llama-cpp-python's own build takes it (e.g. "-DGGML_CUDA=on" for a GPU baseline)."""
-    return shlex.split(os.environ.get("CMAKE_ARGS", ""))
+PORTABLE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON "
+                 "-DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
+"""What bin/setup builds llama-cpp-python with on a CPU that advertises AMX: some virtual machines advertise it
+and trap its instructions (a native build dies with SIGILL), and the baseline must run the same kernels."""
+
+
+def _cmake_args(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """CMAKE_ARGS as llama-cpp-python's own build takes it (e.g. "-DGGML_CUDA=on" for a GPU baseline); unset,
+    the portable flags where the CPU advertises AMX, as bin/setup does."""
+    given = os.environ.get("CMAKE_ARGS")
+    if given is None:
+        try:
+            advertises_amx = "amx_tile" in cpuinfo.read_text().split()
+        except OSError:
+            advertises_amx = False
+        given = PORTABLE_ARGS if advertises_amx else ""
+    return shlex.split(given)
 
 
 def cached_binary(version: str | None = None) -> Path:
