@@ -26,7 +26,7 @@ def test_a_given_binary_is_used_as_is(home: Path) -> None:
 
 def test_the_cached_build_is_found_per_llama_cpp_python_version(home: Path) -> None:
     cached = llama_server.cached_binary()
-    assert cached.is_relative_to(home) and llama_server.llama_cpp_version() in cached.parts
+    assert cached.is_relative_to(home) and cached.parent.name.startswith(llama_server.llama_cpp_version())
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"")
     assert pick_server(None, build=False, progress=print) == (str(cached), "")
@@ -54,6 +54,7 @@ def test_a_build_step_passes_on_progress_and_fails_with_its_last_lines(tmp_path:
 
 
 def test_cmake_args_get_a_build_of_their_own(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMAKE_ARGS", "")  # set, even empty: no portable default on a CPU advertising AMX
     cpu = llama_server.cached_binary()
     monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on")
     cuda = llama_server.cached_binary()
