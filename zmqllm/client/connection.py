@@ -127,7 +127,8 @@ class AsyncClient:
 
     def _connect(self, endpoint: str) -> None:
         """One DEALER to `endpoint`, watched for a refused handshake and for the connection closing."""
-        assert self._ctx is not None
+        if self._ctx is None:
+            raise RuntimeError("client is not open: use `async with AsyncClient(...)`")
         key = self.mesh_key or keys.from_env()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)

@@ -111,7 +111,8 @@ class Gateway:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Every answer carries `x-request-id` (the client's, or a new one); every error is OpenAI's shape."""
+        """Every answer carries `x-request-id` (the client's, or a new one); every error takes the shape of the
+        API its path belongs to; every request is counted for /metrics."""
         request_id = request.headers.get("x-request-id")
         if not request_id:  # made here, and put among the request's headers for the handlers to echo
             request_id = uuid.uuid4().hex
