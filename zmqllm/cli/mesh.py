@@ -62,7 +62,10 @@ def tasks(connect: str, timeout: float, as_json: bool) -> None:
 @click.argument("task_id")
 @client_options
 def result(task_id: str, connect: str, timeout: float, as_json: bool) -> None:
-    """Print one task's result (text, or how it ended) from the node that accepted it."""
+    """Print one task's result (text, or how it ended), through any node of the mesh.
+
+    A node that did not accept the task asks its peers which one did (the origin, or
+    the node its client moved to) and forwards the question there."""
 
     async def call(client: AsyncClient) -> dict[str, Any]:
         return dict((await client.request("GET_RESULT", task_id=task_id))["task"])
@@ -80,7 +83,10 @@ def result(task_id: str, connect: str, timeout: float, as_json: bool) -> None:
 @click.argument("task_id")
 @client_options
 def cancel(task_id: str, connect: str, timeout: float, as_json: bool) -> None:
-    """Cancel a running task through the node that accepted it."""
+    """Cancel a task through any node of the mesh; prints how it ended.
+
+    The node asked forwards the cancel to the task's origin when it is not that
+    node. A task that had finished already prints its end (done or error)."""
 
     async def call(client: AsyncClient) -> dict[str, Any]:
         reply = await client.request("CANCEL", task_id=task_id)

@@ -36,7 +36,7 @@ LIST_LIMITS = {
 }
 """Caps on list fields by name: what a node allocates for one message is bounded before it is read."""
 TEXT_LIMITS = {"node_id": 64, "name": 64, "endpoint": 256, "digest": 64, "task_id": 128, "run_id": 128,
-               "model": 256, "origin": 64, "code": 64}
+               "model": 256, "origin": 64, "code": 64, "key": 128, "kind": 64, "state": 64}
 """Caps on string fields that name things (texts such as prompts are bounded by the frame size)."""
 _UNPACK_LIMITS = {"max_array_len": 1_000_000 + MAX_BATCH, "max_map_len": 4096}
 """msgpack refuses to allocate beyond these while unpacking (its defaults follow the frame size)."""
@@ -114,7 +114,7 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     "STATUS": {"status": MAP},
     "GET_TASKS": {},
     "TASKS": {"tasks": MAPS},
-    "GET_RESULT": {"task_id": STR},
+    "GET_RESULT": {"task_id": STR, "local": BOOL + _OPTIONAL},
     "RESULT": {"task": MAP},
     # tasks
     "SUBMIT": {
@@ -156,7 +156,10 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "retryable": BOOL,
         "task_id": STR + _OPTIONAL,
     },
-    "CANCEL": {"task_id": STR},
+    "CANCEL": {"task_id": STR, "local": BOOL + _OPTIONAL},
+    # any node answers for any task (node → peer, and the peer's answer on the same link)
+    "LOOKUP": {"kind": STR, "key": STR},
+    "FOUND": {"kind": STR, "key": STR, "has": BOOL, "state": STR + _OPTIONAL},
     # dashboards
     "SUBSCRIBE": {},
     "UNSUBSCRIBE": {},
@@ -169,9 +172,10 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "input": STR + _OPTIONAL,
         "resume": BOOL + _OPTIONAL,
         "attach": BOOL + _OPTIONAL,
+        "local": BOOL + _OPTIONAL,
     },
     "RUN_EVENT": {"run_id": STR, "event": MAP},
-    "CANCEL_RUN": {"run_id": STR},
+    "CANCEL_RUN": {"run_id": STR, "local": BOOL + _OPTIONAL},
     "GET_RUNS": {},
     "RUNS": {"runs": MAPS},
 }

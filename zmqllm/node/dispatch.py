@@ -36,6 +36,7 @@ ROUTER_SENDERS: dict[str, tuple[Sender, str]] = {
     "SUBMIT": ("anyone", "on_submit"),
     "CANCEL": ("anyone", "on_cancel"),  # a peer's reaches its assignment here; anyone else's, a task begun here
     "ASSIGN": ("peer", "on_assign"),
+    "LOOKUP": ("peer", "on_lookup"),  # "do you hold this task or run?" (node/forward.py)
     # dashboards
     "SUBSCRIBE": ("anyone", "on_subscribe"),
     "UNSUBSCRIBE": ("anyone", "on_subscribe"),

@@ -29,6 +29,7 @@ from zmqllm.engines.base import Engine
 from zmqllm.core.events import FLUSH_INTERVAL_S, EventHub
 from zmqllm.node.datadir import DataDirLock
 from zmqllm.node.executor import Executor
+from zmqllm.node.forward import Forwarder
 from zmqllm.node.journal import CHECKPOINT_INTERVAL_S, JOURNAL_FILE, Journal, Retention
 from zmqllm.net.keys import HANDSHAKE_FAILED, MeshKey, handshake_failure
 from zmqllm.core.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
@@ -130,6 +131,7 @@ class Node:
         self.origin = Origin(self)
         self.remote = RemoteTasks(self)
         self.orchestrator = Orchestrator(self)
+        self.forwarder = Forwarder(self)
         self.events = EventHub()
         self.journal: Journal | None = None
         self._ids = itertools.count(1)
@@ -222,6 +224,7 @@ class Node:
         await self.executor.close()
         self.orchestrator.fail_all(f"node {self.settings.name} stopped before the run finished")
         self.origin.fail_all("internal", f"node {self.settings.name} stopped before the task finished")
+        self.forwarder.close_all()
         bye = self.message("BYE", node_id=self.node_id, name=self.settings.name)
         for link in self.links.values():
             link.channel.send([protocol.encode(bye)])
@@ -276,6 +279,7 @@ class Node:
         self.events.unsubscribe(identity)
         self.origin.client_failed(identity, sent)
         self.orchestrator.client_failed(identity)
+        self.forwarder.client_failed(identity)
         self.remote.origin_failed(identity, sent)
 
     def reply_error(self, identity: bytes, code: str, text: str, *, re: int | None = None,
@@ -398,6 +402,7 @@ class Node:
         if change.new in ("dead", "left"):
             self.origin.executor_lost(change.peer.node_id, change.peer.name, change.new)
             self.remote.origin_lost(change.peer.node_id)
+            self.forwarder.peer_lost(change.peer.node_id)
 
     def _liveness_round(self) -> float:
         """Judge silence, then forget long-departed peers and close links nobody answers on."""
@@ -526,6 +531,8 @@ class Node:
         self.table.heard_from(message.src, self.clock())
         if kind in ("ACCEPT", "REJECT", "TOKEN", "DONE", "ERROR"):
             self.origin.on_executor_message(message)
+        elif kind == "FOUND":
+            self.forwarder.on_found(message)
         else:
             log.debug("ignoring %s from %s", kind, link.endpoint)
 
@@ -576,12 +583,22 @@ class Node:
         self.reply(identity, "TASKS", re=message.id, tasks=self.origin.listing())
 
     def on_get_result(self, identity: bytes, message: Message, is_peer: bool) -> None:
-        found = self.origin.result(message["task_id"])
-        if found is None:
-            self.reply_error(identity, "task_unknown", f"no task {message['task_id']!r} accepted by "
-                             f"{self.settings.name}", re=message.id, task_id=message["task_id"])
+        """A task this node holds (going or ended) is answered here; any other is asked of the mesh, this
+        node's own copy (cut short by a crash) answering only if no peer has better."""
+        task_id = message["task_id"]
+
+        def answer_here() -> None:
+            found = self.origin.result(task_id)
+            if found is None:
+                self.reply_error(identity, "task_unknown", f"no node of the mesh knows task {task_id!r} (asked "
+                                 f"{self.settings.name} and its live peers)", re=message.id, task_id=task_id)
+            else:
+                self.reply(identity, "RESULT", re=message.id, task=found)
+
+        if self.origin.holding(task_id) in ("going", "finished"):
+            answer_here()
         else:
-            self.reply(identity, "RESULT", re=message.id, task=found)
+            self.forwarder.forward(identity, message, "task", task_id, answer_here)
 
     def on_submit(self, identity: bytes, message: Message, is_peer: bool) -> None:
         self.origin.on_submit(identity, message)
@@ -589,19 +606,44 @@ class Node:
     def on_cancel(self, identity: bytes, message: Message, is_peer: bool) -> None:
         """From a peer, a CANCEL is its own assignment's (an origin stopping what it assigned here); from
         anyone else, a task this node is origin of."""
-        handled = self.remote.on_cancel(message) if is_peer else self.origin.on_cancel(identity, message)
-        if not handled:
-            self.reply_error(identity, "task_unknown", f"no task {message['task_id']!r} on this node",
-                             re=message.id, task_id=message["task_id"])
+        task_id = message["task_id"]
+
+        def unknown() -> None:
+            self.reply_error(identity, "task_unknown", f"no task {task_id!r} on this node"
+                             + ("" if is_peer else " or its live peers"), re=message.id, task_id=task_id)
+
+        if is_peer:
+            if not self.remote.on_cancel(message):
+                unknown()
+        elif not self.origin.on_cancel(identity, message):
+            self.forwarder.forward(identity, message, "task", task_id, unknown)
+
+    def on_lookup(self, identity: bytes, message: Message, is_peer: bool) -> None:
+        """A peer looks for the node holding a task or run (node/forward.py): say what this node holds."""
+        kind, key = message["kind"], message["key"]
+        holding = (self.origin.holding(key) if kind == "task" else
+                   self.orchestrator.holding(key) if kind == "run" else None)
+        self.reply(identity, "FOUND", re=message.id, kind=kind, key=key, has=holding is not None, state=holding)
 
     def on_assign(self, identity: bytes, message: Message, is_peer: bool) -> None:
         self.remote.on_assign(identity, message)
 
     def on_run(self, identity: bytes, message: Message, is_peer: bool) -> None:
-        self.orchestrator.on_run(identity, message)
+        """Attaching to a run another node orchestrates is forwarded there; everything else is this node's."""
+        run_id = message["run_id"]
+        if message.get("attach") and self.orchestrator.holding(run_id) not in ("going", "finished"):
+            self.forwarder.forward(identity, message, "run", run_id,
+                                   lambda: self.orchestrator.on_run(identity, message))
+        else:
+            self.orchestrator.on_run(identity, message)
 
     def on_cancel_run(self, identity: bytes, message: Message, is_peer: bool) -> None:
-        self.orchestrator.on_cancel(identity, message)
+        run_id = message["run_id"]
+        if self.orchestrator.holding(run_id) in ("going", "finished"):
+            self.orchestrator.on_cancel(identity, message)
+        else:
+            self.forwarder.forward(identity, message, "run", run_id,
+                                   lambda: self.orchestrator.on_cancel(identity, message))
 
     def on_get_runs(self, identity: bytes, message: Message, is_peer: bool) -> None:
         self.reply(identity, "RUNS", re=message.id, runs=self.orchestrator.listing())

@@ -109,6 +109,16 @@ class Orchestrator:
         if not job.running:
             self._end(job)
 
+    def holding(self, run_id: str) -> str | None:
+        """What this node holds of a run, for a peer looking for it (`core.lookup`): None if nothing."""
+        job = self.jobs.get(run_id)
+        if job is not None:
+            return "going" if job.final is None else "finished"
+        saved = self.node.journal.run(run_id) if self.node.journal is not None else None
+        if saved is None:
+            return None
+        return {"running": "going", "interrupted": "interrupted"}.get(saved["state"], "finished")
+
     def client_failed(self, client: bytes) -> None:
         """A watcher went away or stopped reading: it gets no more events; its runs go on."""
         for job in self.jobs.values():

@@ -43,6 +43,9 @@ class Origin:
         """In-process watchers of a task (the workflow orchestrator), called with each message type and fields."""
         self.deadlines: dict[str, asyncio.TimerHandle] = {}
         """The deadline timers of unfinished tasks, cancelled when their task ends."""
+        self.cancellers: dict[str, list[tuple[bytes, int]]] = {}
+        """Who asked to cancel a task without reading its stream (`zmqllm cancel`, a forwarding node), with
+        their CANCEL's id: its final message answers them, carrying that id."""
 
     def in_flight(self) -> int:
         return sum(1 for t in self.tasks.values() if not t.finished)
@@ -126,12 +129,24 @@ class Origin:
         if task is None:
             return False
         if task.finished:
-            self._send_final(client, task)
+            self._send_final(client, task, re=message.id)
             return True
-        if client not in self.clients.setdefault(task.task_id, []):
-            self.clients[task.task_id].append(client)
-        self._cancel(task)
+        if client not in self.clients.get(task.task_id, []):  # its stream's reader gets the DONE anyway
+            self.cancellers.setdefault(task.task_id, []).append((client, message.id))
+        if not task.cancelling:
+            self._cancel(task)
         return True
+
+    def holding(self, task_id: str) -> str | None:
+        """What this node holds of a task, for a peer looking for it (`core.lookup`): None if nothing."""
+        task = self.tasks.get(task_id)
+        if task is not None and not task.finished:
+            return "going"
+        found = self.result(task_id)
+        if found is None:
+            return None
+        return "interrupted" if str((found.get("error") or {}).get("message", "")).startswith("interrupted") \
+            else "finished"
 
     def _attach(self, client: bytes, task: OriginTask, ref: int) -> None:
         """A resent SUBMIT: the same stream again from the start, never a second run."""
@@ -444,18 +459,23 @@ class Origin:
                                "origin": self.node.settings.name, "executor": task.executor_name,
                                "model": task.model, "tokens": len(task.tokens), **extra})
 
-    def _send_final(self, client: bytes, task: OriginTask, final: dict[str, Any] | None = None) -> None:
-        """A finished task's DONE or ERROR again (`final` when the caller already read it back)."""
+    def _send_final(self, client: bytes, task: OriginTask, final: dict[str, Any] | None = None,
+                    re: int | None = None) -> None:
+        """A finished task's DONE or ERROR again (`final` when the caller already read it back; `re` when
+        it answers a request)."""
         if final is None:
             final = self._output(task)[1]
         if final is None or task.final_type is None:
             raise RuntimeError(f"task {task.task_id} is {task.state} without a final message")
-        self.node.reply(client, task.final_type, final=True, **final)
+        self.node.reply(client, task.final_type, re=re, final=True, **final)
 
     def _to_clients(self, task: OriginTask, type_: str, **fields: Any) -> None:
         final = type_ in ("DONE", "ERROR")
         for client in self.clients.get(task.task_id, []):
             self.node.reply(client, type_, final=final, **fields)
+        if final:
+            for client, ref in self.cancellers.pop(task.task_id, ()):
+                self.node.reply(client, type_, re=ref, final=True, **fields)
         listener = self.listeners.get(task.task_id)
         if listener is not None:
             if final:
@@ -489,4 +509,5 @@ class Origin:
         for task_id in finished[: max(0, len(finished) - FINISHED_KEPT)]:
             del self.tasks[task_id]
             self.clients.pop(task_id, None)
+            self.cancellers.pop(task_id, None)
 

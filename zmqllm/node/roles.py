@@ -16,9 +16,12 @@ from zmqllm.core.membership import Identity, Load, PeerTable
 from zmqllm.core.events import EventHub
 from zmqllm.core.tasks import OriginTask, TaskSpec
 from zmqllm.engines.base import Engine
+from zmqllm.net.keys import MeshKey
 from zmqllm.net.transport import Sent
 
 if TYPE_CHECKING:
+    import zmq
+
     from zmqllm.node.executor import Executor
     from zmqllm.node.journal import Journal
 
@@ -29,6 +32,7 @@ class RoleSettings(Protocol):
     name: str
     send_buffer_bytes: int
     data_dir: Path | None
+    mesh_key: MeshKey | None
 
 
 class Replies(Protocol):
@@ -89,3 +93,16 @@ class OrchestratorHost(Replies, Protocol):
     engine: Engine
     journal: Journal | None
     origin: LocalTasks
+
+
+class ForwardHost(Replies, Protocol):
+    """What forwarding a request to the node holding its task or run needs: the table of live peers, a word
+    to each, and the context to open a client socket of its own."""
+
+    node_id: str
+    table: PeerTable | None
+    ctx: zmq.Context
+
+    def link_for(self, node_id: str) -> Any: ...
+
+    def send_to_peer(self, node_id: str, type_: str, **fields: Any) -> Sent: ...

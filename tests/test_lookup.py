@@ -1,0 +1,57 @@
+"""Weighing the answers to a LOOKUP (core/lookup.py): who holds a task or run, and when to stop waiting."""
+
+from __future__ import annotations
+
+from zmqllm.core.lookup import Lookup
+
+
+def _lookup(*asked: str) -> Lookup:
+    return Lookup("task", "t1", frozenset(asked))
+
+
+def test_a_going_holder_settles_at_once_and_wins_over_an_interrupted_copy() -> None:
+    lookup = _lookup("a", "b", "c")
+    lookup.answer("a", "interrupted")  # the origin that crashed, restarted with its journal
+    assert not lookup.settled() and lookup.holder() == "a"
+    lookup.answer("b", "going")  # the node the client moved to
+    assert lookup.settled() and lookup.holder() == "b"
+
+
+def test_finished_beats_interrupted_and_nobody_means_no_holder() -> None:
+    lookup = _lookup("a", "b")
+    lookup.answer("a", None)
+    assert not lookup.settled() and lookup.holder() is None
+    lookup.answer("b", None)
+    assert lookup.settled() and lookup.holder() is None
+    other = _lookup("a", "b")
+    other.answer("b", "interrupted")
+    other.answer("a", "finished")
+    assert other.holder() == "a"
+
+
+def test_an_answer_from_a_node_not_asked_is_ignored() -> None:
+    lookup = _lookup("a")
+    assert not lookup.answer("mallory", "going")
+    assert lookup.holder() is None and not lookup.settled()
+
+
+def test_an_unknown_holding_counts_as_nothing() -> None:
+    lookup = _lookup("a")
+    lookup.answer("a", "from-the-future")
+    assert lookup.settled() and lookup.holder() is None
+
+
+def test_a_lost_peer_stops_being_waited_for_but_keeps_its_answer() -> None:
+    lookup = _lookup("a", "b")
+    lookup.answer("a", "finished")
+    lookup.give_up_on("a")  # answered already: its answer stands
+    assert lookup.holder() == "a" and not lookup.settled()
+    lookup.give_up_on("b")
+    assert lookup.settled() and lookup.holder() == "a"
+
+
+def test_ties_go_to_the_same_node_whoever_weighs_them() -> None:
+    one, two = _lookup("x", "y"), _lookup("x", "y")
+    one.answer("y", "finished"), one.answer("x", "finished")
+    two.answer("x", "finished"), two.answer("y", "finished")
+    assert one.holder() == two.holder() == "x"

@@ -1,0 +1,62 @@
+"""Finding the node that holds a task or a run: the answers to one LOOKUP, weighed.
+
+A client may ask any node about any task (`cancel`, `result`) or run (`run --attach`, `cancel`). The node asked
+sends LOOKUP to its live peers and forwards the request to the best holder. Several nodes can hold the same id:
+after an origin failover, the dead origin's journal says `interrupted` while the node that took over has it
+going or finished. So holdings are ranked, and the lookup is settled as soon as no better answer can come.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["task", "run"]
+KINDS: tuple[Kind, ...] = ("task", "run")
+
+HOLDINGS = ("going", "finished", "interrupted")
+"""What a node may hold of an id: running now, ended (its result is final), or cut short by a crash."""
+_RANK = {holding: len(HOLDINGS) - i for i, holding in enumerate(HOLDINGS)}
+
+
+def rank(holding: str | None) -> int:
+    """Higher is better; 0 for nothing (or a holding this version does not know)."""
+    return _RANK.get(holding or "", 0)
+
+
+@dataclass
+class Lookup:
+    """One search for `key` among the peers `asked`."""
+
+    kind: Kind
+    key: str
+    asked: frozenset[str]
+    answers: dict[str, str | None] = field(default_factory=dict)
+    """node id → what it holds (None: nothing), from the nodes that answered."""
+
+    def answer(self, node_id: str, holding: str | None) -> bool:
+        """Record one node's answer; False if that node was not asked (a stray or forged FOUND)."""
+        if node_id not in self.asked:
+            return False
+        self.answers[node_id] = holding if rank(holding) else None
+        return True
+
+    def give_up_on(self, node_id: str) -> None:
+        """A peer asked is gone: it will not answer."""
+        if node_id in self.asked and node_id not in self.answers:
+            self.answers[node_id] = None
+
+    def settled(self) -> bool:
+        """Every node asked answered, or one holds it going (nothing ranks higher)."""
+        return len(self.answers) >= len(self.asked) or any(h == HOLDINGS[0] for h in self.answers.values())
+
+    def holder(self) -> str | None:
+        """The best answer so far: the highest holding, ties to the smallest node id (the same on every node)."""
+        held = [(rank(holding), node_id) for node_id, holding in self.answers.items() if rank(holding)]
+        if not held:
+            return None
+        best = max(score for score, _ in held)
+        return min(node_id for score, node_id in held if score == best)
+
+    def holding_of(self, node_id: str) -> str | None:
+        return self.answers.get(node_id)
