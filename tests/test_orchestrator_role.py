@@ -42,6 +42,7 @@ class Host:
     settings: StandInSettings = field(default_factory=StandInSettings)
     engine: EchoEngine = field(default_factory=EchoEngine)
     journal: None = None
+    table: None = None  # a node alone: its runs have no replica holder
     origin: LocalTasks = field(default_factory=LocalTasks)
     events: list[dict[str, Any]] = field(default_factory=list)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Daemon, alive_names, wait_until
+from conftest import Daemon, alive_names, wait_until
 from zmqllm.client import Client, RequestFailed
 
 

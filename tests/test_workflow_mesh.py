@@ -88,10 +88,11 @@ def test_a_branch_whose_peer_is_killed_fails_over_and_the_run_completes(mesh: li
     assert any(e["type"] == "task" and e["state"] == "failover" and e["from"] == "b" for e in events)
 
 
-def test_killed_orchestrator_resumes_the_run_without_rerunning_finished_steps(spawn: Any, zmqllm_env: Any) -> None:
+def test_killed_lone_orchestrator_resumes_the_run_without_rerunning_finished_steps(spawn: Any,
+                                                                                 zmqllm_env: Any) -> None:
+    """A node alone has no peer to hold its runs' replicas (tests/test_run_adoption.py): its journal is what
+    `--resume` continues from."""
     a = spawn("a", "--echo-rate", "40")
-    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "40")
-    wait_until(lambda: len(states(a)) == 2, 5, what="mesh")
 
     async def until_second_runs() -> str:
         async with AsyncClient(a.endpoint, timeout=10) as client:
@@ -107,7 +108,6 @@ def test_killed_orchestrator_resumes_the_run_without_rerunning_finished_steps(sp
     assert listed.returncode == 0, listed.stderr
     assert [(r["run_id"], r["state"], r["tasks_done"]) for r in json.loads(listed.stdout)] == [
         (run_id, "interrupted", 1)]
-    wait_until(lambda: states(a2).get("b") == "alive", 5, what="b rejoins a")
     resumed = run_cli(zmqllm_env, "run", "--resume", run_id, "--json", "--connect", a2.endpoint)
     assert resumed.returncode == 0, resumed.stderr
     events = [json.loads(line) for line in resumed.stdout.splitlines()]
@@ -119,7 +119,6 @@ def test_killed_orchestrator_resumes_the_run_without_rerunning_finished_steps(sp
     assert final["output"].startswith("second first go")
     again = run_cli(zmqllm_env, "run", "--resume", run_id, "--json", "--connect", a2.endpoint)
     assert json.loads(again.stdout.splitlines()[-1])["output"] == final["output"]  # done: the same answer
-    assert b.proc.poll() is None
 
 
 def test_cancelling_a_run_stops_its_running_steps(mesh: list[Any]) -> None:

@@ -157,7 +157,7 @@ class AsyncClient:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(NodeLost(self.endpoint))
-            for stream in self._streams.values():
+            for stream in [*self._streams.values(), *self._runs.values()]:
                 stream.arrived.set()
         else:
             self._on_handshake_failed(event, key)
@@ -335,19 +335,39 @@ class AsyncClient:
                   ) -> AsyncIterator[dict[str, Any]]:
         """Start a workflow run (`spec` is the TOML text) on this node, or `resume`/`attach` to run
         `run_id`, and stream its events (docs/workflows.md) until the final `done` or `error`. An invalid
-        spec or unknown run raises `RequestFailed`."""
+        spec or unknown run raises `RequestFailed`. If the node is lost once the run began, this client moves to
+        another live node and attaches there (the run's replica holder adopts it): one `failover` event of kind
+        `orchestrator`, then the adopter's events."""
         run_id = run_id or uuid.uuid4().hex[:12]
         stream = self._runs.setdefault(run_id, _Stream())
         ref = next(self._ids)
         self._stream_refs[ref] = stream  # an ERROR answering the RUN (bad spec, unknown run) ends this stream
+        began = False
         try:
             self._send("RUN", ref, run_id=run_id, spec=spec, source=source, input=input,
                        resume=resume or None, attach=attach or None)
+            connection = self._connection
+            self._learn_endpoints()
             while True:
-                reply = await self._next_for_task(stream)
+                try:
+                    reply = await self._next_for_task(stream)
+                except MeshUnreachable as exc:
+                    lost = self.endpoint
+                    if not began or self._refused or not await self._move_off(connection):
+                        raise
+                    stream.messages.clear()
+                    self._stream_refs.pop(ref, None)
+                    ref = next(self._ids)
+                    self._stream_refs[ref] = stream
+                    self._send("RUN", ref, run_id=run_id, attach=True)
+                    connection = self._connection
+                    yield {"type": "failover", "kind": "orchestrator", "run_id": run_id, "from": lost,
+                           "to": self.endpoint, "reason": str(exc)}
+                    continue
                 if reply.type == "ERROR":
                     raise RequestFailed(reply["code"], reply["message"])
                 event = dict(reply["event"])
+                began = True
                 yield event
                 if event.get("type") in ("done", "error"):
                     return

@@ -14,8 +14,9 @@ from typing import Literal
 Kind = Literal["task", "run"]
 KINDS: tuple[Kind, ...] = ("task", "run")
 
-HOLDINGS = ("going", "finished", "interrupted")
-"""What a node may hold of an id: running now, ended (its result is final), or cut short by a crash."""
+HOLDINGS = ("going", "replica", "finished", "interrupted")
+"""What a node may hold of an id: running now, a copy it would adopt if the run's owner died (runs only,
+`core.replica`), ended (its result is final), or cut short by a crash."""
 _RANK = {holding: len(HOLDINGS) - i for i, holding in enumerate(HOLDINGS)}
 
 

@@ -36,7 +36,8 @@ LIST_LIMITS = {
 }
 """Caps on list fields by name: what a node allocates for one message is bounded before it is read."""
 TEXT_LIMITS = {"node_id": 64, "name": 64, "endpoint": 256, "digest": 64, "task_id": 128, "run_id": 128,
-               "model": 256, "origin": 64, "code": 64, "key": 128, "kind": 64, "state": 64}
+               "model": 256, "origin": 64, "code": 64, "key": 256, "kind": 64, "state": 64, "owner": 64,
+               "workflow": 256, "source": 1024}
 """Caps on string fields that name things (texts such as prompts are bounded by the frame size)."""
 _UNPACK_LIMITS = {"max_array_len": 1_000_000 + MAX_BATCH, "max_map_len": 4096}
 """msgpack refuses to allocate beyond these while unpacking (its defaults follow the frame size)."""
@@ -178,6 +179,22 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     "CANCEL_RUN": {"run_id": STR, "local": BOOL + _OPTIONAL},
     "GET_RUNS": {},
     "RUNS": {"runs": MAPS},
+    # runs without a home node (node → its run's replica holder, and the holder's answer on the same link)
+    "REPLICATE": {
+        "run_id": STR,
+        "epoch": INT,
+        "seq": INT,
+        "kind": STR,
+        "workflow": STR + _OPTIONAL,
+        "source": STR + _OPTIONAL,
+        "spec": STR + _OPTIONAL,
+        "input": STR + _OPTIONAL,
+        "key": STR + _OPTIONAL,
+        "text": STR + _OPTIONAL,
+        "record": MAP + _OPTIONAL,
+    },
+    "REPLICATED": {"run_id": STR, "epoch": INT, "seq": INT, "ok": BOOL, "stale": BOOL + _OPTIONAL,
+                   "owner": STR + _OPTIONAL},
 }
 """Every message type and its fields; a trailing `?` marks an optional field."""
 

@@ -44,6 +44,7 @@ ROUTER_SENDERS: dict[str, tuple[Sender, str]] = {
     "RUN": ("anyone", "on_run"),
     "CANCEL_RUN": ("anyone", "on_cancel_run"),
     "GET_RUNS": ("anyone", "on_get_runs"),
+    "REPLICATE": ("peer", "on_replicate"),  # a run's owner to its replica holder (node/replication.py)
 }
 """Every type a node's ROUTER accepts, in the order of docs/protocol.md's table; any other is refused."""
 

@@ -43,6 +43,8 @@ REQUEST_IDLE_S = 60.0
 
 Fallback = Callable[[], None]
 """What the node asked does when no peer holds the id: answer as it would have without asking."""
+Settled = Callable[[Lookup], None]
+"""Called with a lookup's answers once it is settled (node-internal searches: adopting a run)."""
 
 
 @dataclass
@@ -56,7 +58,7 @@ class _Waiter:
 class _Search:
     lookup: Lookup
     timer: asyncio.TimerHandle
-    waiters: list[_Waiter] = field(default_factory=list)
+    waiters: list[_Waiter | Settled] = field(default_factory=list)
 
 
 @dataclass
@@ -87,28 +89,38 @@ class Forwarder:
 
     def forward(self, client: bytes, message: Message, kind: Kind, key: str, fallback: Fallback) -> None:
         """Find who holds `key` and pass `message` on to it; `fallback` when nobody does."""
-        node = self.node
-        if message.get("local") or node.table is None:
+        if message.get("local") or self.node.table is None:
             fallback()
             return
+        waiter = _Waiter(client, message, fallback)
+        if not self._join(kind, key, waiter):
+            self.node.reply_error(client, "busy", f"{self.node.settings.name} is looking for {MAX_LOOKUPS} ids "
+                                  "already", re=message.id, retryable=True)
+
+    def search(self, kind: Kind, key: str, settled: Settled) -> None:
+        """Ask the live peers what they hold of `key`; `settled` gets the weighed answers (also when no peer
+        is there to ask, or the lookup limit is reached: then with no answers)."""
+        if not self._join(kind, key, settled):
+            settled(Lookup(kind, key, frozenset()))
+
+    def _join(self, kind: Kind, key: str, waiter: _Waiter | Settled) -> bool:
+        """Add a waiter to the lookup for `key`, starting one if none is going. False at the limit."""
+        node = self.node
         search = self.searches.get((kind, key))
         if search is None:
-            asked = frozenset(peer.node_id for peer in node.table.live_peers() if node.link_for(peer.node_id))
-            if not asked:
-                fallback()
-                return
-            if len(self.searches) >= MAX_LOOKUPS:
-                node.reply_error(client, "busy", f"{node.settings.name} is looking for {MAX_LOOKUPS} ids already",
-                                 re=message.id, retryable=True)
-                return
+            peers = node.table.live_peers() if node.table is not None else []
+            asked = frozenset(peer.node_id for peer in peers if node.link_for(peer.node_id))
+            if asked and len(self.searches) >= MAX_LOOKUPS:
+                return False
             timer = asyncio.get_running_loop().call_later(LOOKUP_TIMEOUT_S, self._settle, kind, key)
             search = self.searches[(kind, key)] = _Search(Lookup(kind, key, asked), timer)
             for node_id in asked:
                 if node.send_to_peer(node_id, "LOOKUP", kind=kind, key=key) is not Sent.OK:
                     search.lookup.give_up_on(node_id)
-        search.waiters.append(_Waiter(client, message, fallback))
+        search.waiters.append(waiter)
         if search.lookup.settled():
             self._settle(kind, key)
+        return True
 
     def on_found(self, message: Message) -> None:
         """A peer's answer (on this node's link to it, so `src` is that peer)."""
@@ -135,7 +147,7 @@ class Forwarder:
         for proxy in [p for p in self.proxies.values() if p.client == client]:
             self._close(proxy)
         for search in self.searches.values():
-            search.waiters = [w for w in search.waiters if w.client != client]
+            search.waiters = [w for w in search.waiters if not isinstance(w, _Waiter) or w.client != client]
 
     def close_all(self) -> None:
         for search in self.searches.values():
@@ -151,7 +163,9 @@ class Forwarder:
         search.timer.cancel()
         holder = search.lookup.holder()
         for waiter in search.waiters:
-            if holder is None:
+            if not isinstance(waiter, _Waiter):
+                waiter(search.lookup)
+            elif holder is None or search.lookup.holding_of(holder) == "replica" and not _attaching(waiter):
                 waiter.fallback()
             else:
                 self._open(waiter, holder, kind)
@@ -232,6 +246,12 @@ def _is_final(message: Message) -> bool:
     if message.type in ("DONE", "ERROR", "RESULT"):
         return True
     return message.type == "RUN_EVENT" and message["event"].get("type") in ("done", "error")
+
+
+def _attaching(waiter: _Waiter) -> bool:
+    """A client attaching to a run may wait at its replica's holder for the adoption; other requests may not
+    (a holder cannot cancel a run it does not run)."""
+    return waiter.message.type == "RUN"
 
 
 def _key_of(message: Message) -> Any:

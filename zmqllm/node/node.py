@@ -378,6 +378,7 @@ class Node:
         identity = Identity.from_fields(fields)
         if not is_endpoint(identity.endpoint):
             return False
+        before = self.table.by_name(identity.name)
         try:
             change = self.table.observe(identity, self.clock(), load)
         except NameTaken as exc:
@@ -388,6 +389,8 @@ class Node:
             self.publish({"k": "peer", "name": identity.name, "state": "alive",
                           "old": None if change == "joined" else "dead"})
             log.info("peer %s %s (%s, models=%s)", identity.name, change, identity.endpoint, ",".join(identity.models))
+        if change == "replaced" and before is not None and before.state in ("alive", "suspect"):
+            self._peer_gone(before.node_id, before.name, "replaced by a new process")  # the old one is gone
         self.dial(identity.endpoint)
         link = self.links.get(identity.endpoint)
         if link is not None and link.node_id not in (None, identity.node_id) and reply_to is not None:
@@ -400,9 +403,14 @@ class Node:
         log.info("peer %s %s -> %s", change.peer.name, change.old, change.new)
         self.publish({"k": "peer", "name": change.peer.name, "state": change.new, "old": change.old})
         if change.new in ("dead", "left"):
-            self.origin.executor_lost(change.peer.node_id, change.peer.name, change.new)
-            self.remote.origin_lost(change.peer.node_id)
-            self.forwarder.peer_lost(change.peer.node_id)
+            self._peer_gone(change.peer.node_id, change.peer.name, change.new)
+
+    def _peer_gone(self, node_id: str, name: str, how: str) -> None:
+        """A peer process is gone (dead, left, or replaced by a new one at its address): its work moves."""
+        self.origin.executor_lost(node_id, name, how)
+        self.remote.origin_lost(node_id)
+        self.forwarder.peer_lost(node_id)
+        self.orchestrator.replication.peer_lost(node_id)
 
     def _liveness_round(self) -> float:
         """Judge silence, then forget long-departed peers and close links nobody answers on."""
@@ -443,6 +451,7 @@ class Node:
                     self._send_on_link(link, "HEARTBEAT", frame)
                 else:
                     self._say_hello(link)
+            self.orchestrator.replication.round()
         self._next_beat = max(self._next_beat + interval, self.clock() - interval)  # no burst after a stall
         return max(0.0, self._next_beat - self.clock())
 
@@ -533,6 +542,8 @@ class Node:
             self.origin.on_executor_message(message)
         elif kind == "FOUND":
             self.forwarder.on_found(message)
+        elif kind == "REPLICATED":
+            self.orchestrator.replication.on_ack(message)
         else:
             log.debug("ignoring %s from %s", kind, link.endpoint)
 
@@ -631,7 +642,8 @@ class Node:
     def on_run(self, identity: bytes, message: Message, is_peer: bool) -> None:
         """Attaching to a run another node orchestrates is forwarded there; everything else is this node's."""
         run_id = message["run_id"]
-        if message.get("attach") and self.orchestrator.holding(run_id) not in ("going", "finished"):
+        following = message.get("attach") or message.get("resume")  # a resume may find the run adopted elsewhere
+        if following and self.orchestrator.holding(run_id) not in ("going", "finished"):
             self.forwarder.forward(identity, message, "run", run_id,
                                    lambda: self.orchestrator.on_run(identity, message))
         else:
@@ -644,6 +656,9 @@ class Node:
         else:
             self.forwarder.forward(identity, message, "run", run_id,
                                    lambda: self.orchestrator.on_cancel(identity, message))
+
+    def on_replicate(self, identity: bytes, message: Message, is_peer: bool) -> None:
+        self.orchestrator.replication.on_replicate(identity, message)
 
     def on_get_runs(self, identity: bytes, message: Message, is_peer: bool) -> None:
         self.reply(identity, "RUNS", re=message.id, runs=self.orchestrator.listing())

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zmqllm.core.protocol import Message
+from zmqllm.core.replica import Replica
 from zmqllm.core.tasks import TaskSpec
+from zmqllm.node.replication import Replication
 from zmqllm.workflow import PendingSplit, Run, TaskRequest, WorkflowError, parse_workflow
 
 if TYPE_CHECKING:
@@ -61,6 +63,27 @@ class RunJob:
     final: dict[str, Any] | None = None
     cancelling: bool = False
     progress_due: bool = False
+    spec_text: str = ""
+    source: str = ""
+    input_text: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    """Every finished step's output by key (what a new replica holder is sent)."""
+    epoch: int = 1
+    """1 for a run started here; its holder adopts it as epoch + 1 (node/replication.py)."""
+    holder: str | None = None
+    """The peer holding this run's replica (its node id), if any now."""
+    replicated: bool = False
+    """The run has had a holder: its end waits for a holder's confirmation."""
+    seq: int = 0
+    acked_seq: int = 0
+    end_seq: int | None = None
+    pending_final: dict[str, Any] | None = None
+    """The run's end, computed and waiting for its holder's confirmation before anyone hears it."""
+    superseded_by: str | None = None
+    """Another node adopted this run (a higher epoch) while this one was cut off: it stopped here."""
+
+    def going(self) -> bool:
+        return self.final is None and self.superseded_by is None
 
 
 class Orchestrator:
@@ -70,6 +93,7 @@ class Orchestrator:
         self.node = node
         self.jobs: dict[str, RunJob] = {}
         self.stopping = False
+        self.replication = Replication(node, self)
         self._splitting: set[asyncio.Task[None]] = set()
 
     # -- from clients -----------------------------------------------------------------------
@@ -81,7 +105,8 @@ class Orchestrator:
                                   re=message.id)
             return
         job = self.jobs.get(run_id)
-        if message.get("attach") or (job is not None and job.final is None):
+        replica = self.replication.store.holding(run_id) if job is None else None
+        if message.get("attach") or (job is not None and job.final is None) or replica:
             self._attach(client, run_id, message.id)
         elif message.get("resume"):
             self._resume(client, run_id, message.id)
@@ -96,6 +121,10 @@ class Orchestrator:
         if job is None:
             self.node.reply_error(client, "run_unknown", f"no run {message['run_id']!r} going on "
                                   f"{self.node.settings.name}", re=message.id)
+            return
+        if job.superseded_by is not None:
+            self.node.reply_error(client, "run_unknown", f"run {job.run_id} is orchestrated by "
+                                  f"{job.superseded_by} now", re=message.id)
             return
         if client not in job.watchers:
             job.watchers.append(client)
@@ -112,12 +141,15 @@ class Orchestrator:
     def holding(self, run_id: str) -> str | None:
         """What this node holds of a run, for a peer looking for it (`core.lookup`): None if nothing."""
         job = self.jobs.get(run_id)
-        if job is not None:
+        if job is not None and job.superseded_by is None:
             return "going" if job.final is None else "finished"
+        if job is None and self.replication.store.holding(run_id):
+            return "replica"
         saved = self.node.journal.run(run_id) if self.node.journal is not None else None
         if saved is None:
-            return None
-        return {"running": "going", "interrupted": "interrupted"}.get(saved["state"], "finished")
+            return "interrupted" if job is not None else None
+        return {"running": "going", "interrupted": "interrupted", "adopted": "interrupted"}.get(saved["state"],
+                                                                                              "finished")
 
     def client_failed(self, client: bytes) -> None:
         """A watcher went away or stopped reading: it gets no more events; its runs go on."""
@@ -126,11 +158,26 @@ class Orchestrator:
                 job.watchers.remove(client)
 
     def listing(self) -> list[dict[str, Any]]:
+        """`zmqllm runs`: this node's runs (the journal's, or this process's), each with who orchestrates it
+        and which peer holds its replica, then the runs it holds for other nodes (`state` `replica`)."""
         if self.node.journal is not None:
-            return self.node.journal.run_rows()
-        return [{"run_id": job.run_id, "workflow": job.workflow,
-                 "state": job.final.get("state", "failed") if job.final else "running",
-                 "tasks_done": len(job.records)} for job in reversed(self.jobs.values())]
+            rows = self.node.journal.run_rows()
+        else:
+            rows = [{"run_id": job.run_id, "workflow": job.workflow,
+                     "state": job.final.get("state", "failed") if job.final else "running",
+                     "tasks_done": len(job.records)} for job in reversed(self.jobs.values())]
+        me = self.node.settings.name
+        for row in rows:
+            job = self.jobs.get(row["run_id"])
+            row["orchestrator"] = job.superseded_by or me if job is not None else me
+            if job is not None:
+                row["epoch"] = job.epoch
+                holder = self.node.table.get(job.holder) if job.holder and self.node.table is not None else None
+                row["holder"] = holder.name if holder is not None else None
+        held = [{"run_id": r.run_id, "workflow": r.workflow, "state": "replica", "orchestrator": r.owner_name,
+                 "epoch": r.epoch, "tasks_done": len(r.tasks)}
+                for r in reversed(self.replication.store.replicas.values()) if not r.ended and not r.adopted]
+        return rows + held
 
     def fail_all(self, reason: str) -> None:
         """The node is stopping: tell watchers; the journal keeps the runs resumable (interrupted)."""
@@ -140,7 +187,7 @@ class Orchestrator:
         if self.node.journal is not None:
             self.node.journal.interrupt_runs()
         for job in self.jobs.values():
-            if job.final is None:
+            if job.going() and job.holder is None:  # with a holder, it adopts the run and clients follow it
                 for client in job.watchers:
                     self.node.reply(client, "RUN_EVENT", final=True, run_id=job.run_id, event={
                         "type": "error", "run_id": job.run_id, "code": "internal", "retryable": True,
@@ -159,7 +206,8 @@ class Orchestrator:
         if self.node.journal is not None:
             self.node.journal.run_started(run_id, workflow.name, source, spec_text, input_text)
         run = Run(workflow, input_text, count_tokens=self.node.engine.token_counter(), split_inline=False)
-        self._launch(client, run_id, workflow.name, run, {}, resumed=False)
+        job = RunJob(run_id, workflow.name, run, [client], spec_text=spec_text, source=source, input_text=input_text)
+        self._launch(job, resumed=False)
 
     def _resume(self, client: bytes, run_id: str, ref: int) -> None:
         saved = self.node.journal.run(run_id) if self.node.journal is not None else None
@@ -169,6 +217,10 @@ class Orchestrator:
             return
         if saved["state"] == "done":
             self.node.reply(client, "RUN_EVENT", final=True, run_id=run_id, event=saved["final"])
+            return
+        if saved["state"] == "adopted":
+            self.node.reply_error(client, "bad_request", f"run {run_id} was adopted by another node while this "
+                                  f"one was cut off: zmqllm run --attach {run_id}", re=ref)
             return
         try:
             workflow = parse_workflow(saved["spec"], saved["source"])
@@ -181,19 +233,53 @@ class Orchestrator:
         log.info("run %s: resuming with %d finished task(s) from the journal", run_id, len(done))
         run = Run(workflow, saved["input"], done=done, count_tokens=self.node.engine.token_counter(),
                   split_inline=False)
-        self._launch(client, run_id, workflow.name, run, records, resumed=True)
+        job = RunJob(run_id, workflow.name, run, [client], records=records, spec_text=saved["spec"],
+                     source=saved["source"], input_text=saved["input"], outputs=done)
+        self._launch(job, resumed=True)
 
-    def _launch(self, client: bytes, run_id: str, name: str, run: Run, records: dict[str, dict[str, Any]],
-                resumed: bool) -> None:
-        job = RunJob(run_id, name, run, [client], records=records)
-        self.jobs[run_id] = job
-        self._send(job, client, {"type": "run", "run_id": run_id, "orchestrator": self.node.settings.name,
-                                 "workflow": name, "resumed": resumed, "from_journal": sorted(records)})
+    def adopt(self, replica: Replica, epoch: int) -> None:
+        """Take over a run whose orchestrator was lost: continue from the outputs its replica holds (node/
+        replication.py), re-running only the steps that had not finished."""
+        try:
+            workflow = parse_workflow(replica.spec, replica.source or "workflow")
+        except WorkflowError as exc:
+            log.error("run %s: cannot adopt it, its spec does not parse here: %s", replica.run_id, exc)
+            return
+        done = {key: text for key, (text, _) in replica.tasks.items()}
+        records = {key: {**record, "from_replica": True} for key, (_, record) in replica.tasks.items()}
+        if self.node.journal is not None:
+            self.node.journal.run_started(replica.run_id, workflow.name, replica.source, replica.spec, replica.input)
+            for key, (text, record) in replica.tasks.items():
+                self.node.journal.run_task_done(replica.run_id, key, text, record)
+        log.warning("run %s: adopted from %s (epoch %d) with %d finished task(s)", replica.run_id,
+                    replica.owner_name, epoch, len(done))
+        run = Run(workflow, replica.input, done=done, count_tokens=self.node.engine.token_counter(),
+                  split_inline=False)
+        job = RunJob(replica.run_id, workflow.name, run, list(replica.watchers), records=records,
+                     spec_text=replica.spec, source=replica.source, input_text=replica.input, outputs=done,
+                     epoch=epoch)
+        replica.watchers.clear()
+        self._launch(job, resumed=True, adopted_from=replica.owner_name)
+
+    def _launch(self, job: RunJob, resumed: bool, adopted_from: str | None = None) -> None:
+        self.jobs[job.run_id] = job
+        event: dict[str, Any] = {"type": "run", "run_id": job.run_id, "orchestrator": self.node.settings.name,
+                                 "workflow": job.workflow, "resumed": resumed, "from_journal": sorted(job.records)}
+        if adopted_from is not None:
+            event.update(adopted_from=adopted_from, epoch=job.epoch, attached=True)
+        for client in job.watchers:
+            self._send(job, client, event)
+        self.replication.started(job)
         self._advance(job)
         self._forget_old()
 
     def _attach(self, client: bytes, run_id: str, ref: int) -> None:
         job = self.jobs.get(run_id)
+        replica = self.replication.store.replicas.get(run_id)
+        if job is None and replica is not None and not replica.adopted and not replica.ended:
+            if client not in replica.watchers:  # it hears from this node once the run is adopted here
+                replica.watchers.append(client)
+            return
         if job is None:
             saved = self.node.journal.run(run_id) if self.node.journal is not None else None
             if saved is None or saved["final"] is None:
@@ -202,6 +288,10 @@ class Orchestrator:
                                       f"{self.node.settings.name} ({state})", re=ref)
             else:
                 self.node.reply(client, "RUN_EVENT", final=True, run_id=run_id, event=saved["final"])
+            return
+        if job.superseded_by is not None:
+            self.node.reply_error(client, "run_unknown", f"run {run_id} is orchestrated by {job.superseded_by} "
+                                  f"now, not {self.node.settings.name}", re=ref)
             return
         self._send(job, client, {"type": "run", "run_id": run_id, "orchestrator": self.node.settings.name,
                                  "workflow": job.workflow, "attached": True})
@@ -214,7 +304,7 @@ class Orchestrator:
 
     def _advance(self, job: RunJob) -> None:
         """Dispatch what is ready; end the run once it is finished and nothing runs."""
-        if job.final is not None:
+        if not job.going() or job.pending_final is not None:
             return
         for split in job.run.splits_wanted():
             task = asyncio.get_running_loop().create_task(self._split(job, split), name=f"split {job.run_id}")
@@ -277,7 +367,7 @@ class Orchestrator:
 
     def _task_ended(self, job: RunJob, step: _Step, type_: str, fields: dict[str, Any]) -> None:
         """Outside the origin's call stack: feed the run, journal, dispatch what follows."""
-        if self.stopping:
+        if self.stopping or not job.going():
             return
         request, key = step.request, step.request.key
         ended = time.time()
@@ -290,8 +380,10 @@ class Orchestrator:
                       **{k: v for k, v in (fields.get("timings") or {}).items() if k in TIMING_KEYS}}
             job.records[key] = record
             text = str(fields.get("text", ""))
+            job.outputs[key] = text
             if self.node.journal is not None:
                 self.node.journal.run_task_done(job.run_id, key, text, record)
+            self.replication.task_done(job, key, text, record)
             self._emit(job, {"type": "task", **record, "state": "done"})
             job.run.task_done(key, text, fields.get("executed_by") or None)
         else:
@@ -317,12 +409,40 @@ class Orchestrator:
                      "retryable": True}
         else:
             final = {"type": "done", **base, "state": "done", "finish_reason": "stop", "output": run.output}
-        job.final = final
+        job.pending_final = final
+        if self.replication.may_end(job):
+            self.commit_end(job)
+        else:
+            log.info("run %s %s here: waiting for its replica's holder to confirm", job.run_id, final["state"])
+
+    def commit_end(self, job: RunJob) -> None:
+        """The run's end is final (its holder confirmed it, or it never had one): journal it, tell watchers."""
+        final = job.pending_final
+        if final is None or not job.going():
+            return
+        job.final, job.pending_final = final, None
         if self.node.journal is not None:
             self.node.journal.run_finished(job.run_id, final["state"], final)
         log.info("run %s %s", job.run_id, final["state"])
         for client in job.watchers:
             self._send(job, client, final, final=True)
+
+    def supersede(self, job: RunJob, owner: str) -> None:
+        """Another node adopted this run under a higher epoch while this one was cut off: stop it here, finish
+        nothing, and send watchers there."""
+        if not job.going():
+            return
+        job.superseded_by = owner
+        log.warning("run %s was adopted by %s while this node was cut off: stopping it here", job.run_id, owner)
+        for step in list(job.running.values()):
+            self.node.origin.cancel(step.task_id)
+        event = {"type": "error", "run_id": job.run_id, "code": "peer_dead", "retryable": True,
+                 "message": f"run {job.run_id} was adopted by {owner} while {self.node.settings.name} was cut off "
+                            f"from the mesh: zmqllm run --attach {job.run_id}"}
+        if self.node.journal is not None:
+            self.node.journal.run_finished(job.run_id, "adopted", event)
+        for client in job.watchers:
+            self._send(job, client, event, final=True)
 
     # -- events to watchers ----------------------------------------------------------------------
 

@@ -86,9 +86,21 @@ class LocalTasks(Protocol):
     def cancel(self, task_id: str) -> None: ...
 
 
-class OrchestratorHost(Replies, Protocol):
+class ReplicationHost(Replies, Protocol):
+    """What replicating runs needs: the live peers, a word to each, and a search of the mesh (`forwarder`)."""
+
+    node_id: str
+    table: PeerTable | None
+    forwarder: Any
+
+    def link_for(self, node_id: str) -> Any: ...
+
+    def send_to_peer(self, node_id: str, type_: str, **fields: Any) -> Sent: ...
+
+
+class OrchestratorHost(ReplicationHost, Protocol):
     """What a workflow orchestrator needs: the origin (its steps are tasks), the journal, the engine's
-    token counter."""
+    token counter, and what replicating its runs needs."""
 
     engine: Engine
     journal: Journal | None
