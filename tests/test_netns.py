@@ -129,3 +129,81 @@ def test_a_partitioned_executor_fails_over_and_rejoins_when_the_link_heals(hosts
     finally:
         for daemon in reversed(daemons):
             daemon.stop()
+
+
+RUN_SPEC = """
+name = "two-steps"
+[[steps]]
+name = "first"
+prompt = "first {input}"
+max_tokens = 4
+[[steps]]
+name = "second"
+prompt = "second {first}"
+max_tokens = 100
+"""
+
+
+def _runs(env: dict[str, str], ns: str, endpoint: str) -> list[dict]:
+    result = subprocess.run(_in(ns, sys.executable, "-m", "zmqllm", "runs", "--json", "--connect", endpoint,
+                                "--timeout", "2"), env=env, capture_output=True, text=True, timeout=30)
+    return json.loads(result.stdout) if result.returncode == 0 else []
+
+
+def test_a_partitioned_orchestrator_does_not_finish_a_run_its_holder_adopted(hosts, zmqllm_env, tmp_path):
+    """The orchestrator a is cut off mid-run: its run's holder adopts it and finishes it with the third node as
+    the new holder; a finishes the steps it can but may not end the run without a holder's word, and when the
+    link heals it hears that a higher epoch exists and stops. Exactly one node finishes the run."""
+    tag, switch = hosts["tag"], hosts["switch"]
+    zmqllm_env = {**zmqllm_env, "ZMQLLM_MESH_KEY": keys.create(tmp_path / "mesh.key").path}
+    (tmp_path / "wf.toml").write_text(RUN_SPEC)
+    endpoints = {name: f"tcp://{SUBNET}.{host}:5555" for name, host in (("a", 1), ("b", 2), ("c", 3))}
+    daemons = [_daemon(zmqllm_env, f"{tag}-a", "a", 1)]
+    try:
+        daemons.append(_daemon(zmqllm_env, f"{tag}-b", "b", 2, "--peer", endpoints["a"]))
+        daemons.append(_daemon(zmqllm_env, f"{tag}-c", "c", 3, "--peer", endpoints["a"]))
+        everyone = {"a": "alive", "b": "alive", "c": "alive"}
+        wait_until(lambda: _peer_states(zmqllm_env, f"{tag}-a", endpoints["a"]) == everyone, 10, interval=0.2,
+                   what="the three hosts to see each other")
+        client = subprocess.Popen(_in(f"{tag}-a", sys.executable, "-m", "zmqllm", "run", str(tmp_path / "wf.toml"),
+                                      "--input", "go", "--run-id", "split", "--json", "--connect", endpoints["a"]),
+                                  env=zmqllm_env, stdout=subprocess.PIPE, text=True)
+        events = []
+        assert client.stdout is not None
+        for line in client.stdout:
+            events.append(json.loads(line))
+            if events[-1]["type"] == "task" and events[-1]["key"] == "second" and events[-1]["state"] == "started":
+                _ip("-n", switch, "link", "set", f"{tag}as", "down")  # cut a off
+                break
+
+        def finished_elsewhere() -> dict | None:
+            for name in ("b", "c"):
+                for row in _runs(zmqllm_env, f"{tag}-{name}", endpoints[name]):
+                    if row["run_id"] == "split" and row["state"] == "done":
+                        return row
+            return None
+
+        adopted = wait_until(finished_elsewhere, 20, interval=0.2, what="b or c to adopt and finish the run")
+        assert adopted["orchestrator"] in ("b", "c") and adopted["epoch"] == 2, adopted
+        _ip("-n", switch, "link", "set", f"{tag}as", "up")  # heal
+        for line in client.stdout:
+            events.append(json.loads(line))
+        assert client.wait(30) != 0  # a's client hears that the run moved, not a second ending
+        assert events[-1]["type"] == "error" and f"adopted by {adopted['orchestrator']}" in events[-1]["message"]
+        assert not [e for e in events if e["type"] == "done"]
+        rows_a = wait_until(lambda: [r for r in _runs(zmqllm_env, f"{tag}-a", endpoints["a"])
+                                     if r["run_id"] == "split" and r["state"] == "adopted"], 10, interval=0.2,
+                            what="a to record the run as adopted")
+        assert rows_a[0]["orchestrator"] == adopted["orchestrator"]
+        done = [(name, r) for name in ("a", "b", "c") for r in _runs(zmqllm_env, f"{tag}-{name}", endpoints[name])
+                if r["run_id"] == "split" and r["state"] == "done"]
+        assert len(done) == 1, done  # exactly one node finished it
+        attached = subprocess.run(_in(f"{tag}-a", sys.executable, "-m", "zmqllm", "run", "--attach", "split",
+                                      "--json", "--connect", endpoints["a"]), env=zmqllm_env, capture_output=True,
+                                  text=True, timeout=30)
+        assert attached.returncode == 0, attached.stderr
+        final = json.loads(attached.stdout.splitlines()[-1])
+        assert final["type"] == "done" and [t["key"] for t in final["tasks"]] == ["first", "second"]
+    finally:
+        for daemon in reversed(daemons):
+            daemon.stop()

@@ -237,7 +237,7 @@ class Orchestrator:
                      source=saved["source"], input_text=saved["input"], outputs=done)
         self._launch(job, resumed=True)
 
-    def adopt(self, replica: Replica, epoch: int) -> None:
+    def adopt(self, replica: Replica, previous_owner: str) -> None:
         """Take over a run whose orchestrator was lost: continue from the outputs its replica holds (node/
         replication.py), re-running only the steps that had not finished."""
         try:
@@ -252,14 +252,14 @@ class Orchestrator:
             for key, (text, record) in replica.tasks.items():
                 self.node.journal.run_task_done(replica.run_id, key, text, record)
         log.warning("run %s: adopted from %s (epoch %d) with %d finished task(s)", replica.run_id,
-                    replica.owner_name, epoch, len(done))
+                    previous_owner, replica.epoch, len(done))
         run = Run(workflow, replica.input, done=done, count_tokens=self.node.engine.token_counter(),
                   split_inline=False)
         job = RunJob(replica.run_id, workflow.name, run, list(replica.watchers), records=records,
                      spec_text=replica.spec, source=replica.source, input_text=replica.input, outputs=done,
-                     epoch=epoch)
+                     epoch=replica.epoch)
         replica.watchers.clear()
-        self._launch(job, resumed=True, adopted_from=replica.owner_name)
+        self._launch(job, resumed=True, adopted_from=previous_owner)
 
     def _launch(self, job: RunJob, resumed: bool, adopted_from: str | None = None) -> None:
         self.jobs[job.run_id] = job

@@ -38,7 +38,7 @@ class ReplicatedRuns(Protocol):
 
     def supersede(self, job: RunJob, owner: str) -> None: ...
 
-    def adopt(self, replica: Replica, epoch: int) -> None: ...
+    def adopt(self, replica: Replica, previous_owner: str) -> None: ...
 
 
 class Replication:
@@ -136,7 +136,7 @@ class Replication:
         peer = self.node.table.get(message.src) if self.node.table is not None else None
         owner_name = peer.name if peer is not None else message.src
         mine = self.runs.jobs.get(run_id)
-        if mine is not None and mine.going() and mine.epoch > epoch:
+        if mine is not None and mine.superseded_by is None and mine.epoch > epoch:
             self._answer(identity, message, ok=False, stale=True, owner=self.node.settings.name)
             return
         if mine is not None and mine.going() and mine.epoch < epoch:
@@ -173,9 +173,11 @@ class Replication:
             log.info("run %s is going on another node: not adopting it", replica.run_id)
             del self.store.replicas[replica.run_id]
             return
+        previous = replica.owner_name
         replica.adopted = True
         replica.epoch += 1
-        self.runs.adopt(replica, replica.epoch)
+        replica.owner_id, replica.owner_name = self.node.node_id, self.node.settings.name  # for fencing answers
+        self.runs.adopt(replica, previous)
 
     def _live_peers(self) -> list[Any]:
         table = self.node.table
