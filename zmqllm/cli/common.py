@@ -131,6 +131,9 @@ def task_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="end with an error if the executing node dies, instead of resuming on another"),
         click.option("--deadline", "deadline_s", type=click.FloatRange(min=0.001), metavar="SECONDS",
                      help="cancel the task and end it with a `deadline` error after this long"),
+        click.option("--detach", is_flag=True,
+                     help="print the task id once accepted and exit; the task runs on (surviving its node) and "
+                          "`zmqllm result ID` through any node gives its end"),
     ]
     for option in reversed(options):
         command = option(command)

@@ -54,12 +54,31 @@ async def stream_task(connect: str, timeout: float, as_json: bool, prompt: str, 
     """Run one task (a completion, or a chat when `messages` is given) and print it."""
     task_id = task_id or uuid.uuid4().hex
     async with AsyncClient(connect, timeout) as client:
+        if submit.get("detach"):
+            return await _detached(client.submit(prompt, task_id=task_id, **submit), as_json)
         stream = client.submit(prompt, task_id=task_id, **submit)
         with ctrl_c_cancels(lambda: client.cancel(task_id)) as interrupted:
             try:
                 return await _print_events(stream, as_json, interrupted)
             except asyncio.CancelledError:
                 return EXIT_INTERRUPTED
+
+
+async def _detached(stream: Any, as_json: bool) -> int:
+    """`--detach`: the task id on stdout once a node accepted the task (the whole event with --json)."""
+    async for event in stream:
+        if event["type"] == "accepted":
+            sys.stdout.write((json.dumps(event) if as_json else event["task_id"]) + "\n")
+            if not as_json:
+                print(f"task {event['task_id']} accepted by {event['origin']}: zmqllm result {event['task_id']}",
+                      file=sys.stderr)
+            return EXIT_OK
+        if event["type"] == "error":
+            if as_json:
+                sys.stdout.write(json.dumps(event) + "\n")
+            print(f"error: {event['code']}: {event['message']}", file=sys.stderr)
+            return EXIT_FAILED
+    return EXIT_FAILED
 
 
 async def _print_events(stream: Any, as_json: bool, interrupted: asyncio.Event) -> int:

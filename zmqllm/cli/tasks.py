@@ -12,19 +12,22 @@ from zmqllm.cli.common import read_prompt, run_task, task_options
 @click.argument("prompt")
 @task_options
 def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, stop: tuple[str, ...],
-           task_id: str | None, no_failover: bool, deadline_s: float | None, connect: str, timeout: float,
-           as_json: bool, **sampling: Any) -> None:
+           task_id: str | None, no_failover: bool, deadline_s: float | None, detach: bool, connect: str,
+           timeout: float, as_json: bool, **sampling: Any) -> None:
     """Run a completion on the mesh and stream its tokens to stdout.
 
     PROMPT is the text itself, @FILE, or - for stdin. Ctrl-C cancels the task.
+    With --detach, only the task id is printed; the task runs on without you.
 
     \b
     Examples:
       zmqllm submit "The capital of France is" --max-tokens 32 --temperature 0
       zmqllm submit @prompt.txt --peer c --json
+      ID=$(zmqllm submit @long.txt --detach) && zmqllm result "$ID"
     """
     run_task(connect, timeout, as_json, read_prompt(prompt), None, sampling, model=model, peer=peer,
-              max_tokens=max_tokens, stop=stop, task_id=task_id, failover=not no_failover, deadline_s=deadline_s)
+              max_tokens=max_tokens, stop=stop, task_id=task_id, failover=not no_failover, deadline_s=deadline_s,
+              detach=detach)
 
 
 @click.command()
@@ -32,8 +35,8 @@ def submit(prompt: str, model: str | None, peer: str | None, max_tokens: int, st
 @click.option("--system", help="a system message before yours")
 @task_options
 def chat(message: str, system: str | None, model: str | None, peer: str | None, max_tokens: int,
-         stop: tuple[str, ...], task_id: str | None, no_failover: bool, deadline_s: float | None, connect: str,
-         timeout: float, as_json: bool, **sampling: Any) -> None:
+         stop: tuple[str, ...], task_id: str | None, no_failover: bool, deadline_s: float | None, detach: bool,
+         connect: str, timeout: float, as_json: bool, **sampling: Any) -> None:
     """Chat: send MESSAGE (text, @FILE or -) as the user and stream the reply.
 
     The serving node renders it with the model's chat template (or the
@@ -46,4 +49,4 @@ def chat(message: str, system: str | None, model: str | None, peer: str | None, 
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": read_prompt(message)}]
     run_task(connect, timeout, as_json, "", messages, sampling, model=model, peer=peer, max_tokens=max_tokens,
-              stop=stop, task_id=task_id, failover=not no_failover, deadline_s=deadline_s)
+              stop=stop, task_id=task_id, failover=not no_failover, deadline_s=deadline_s, detach=detach)

@@ -226,16 +226,19 @@ class AsyncClient:
         messages: Sequence[dict[str, str]] | None = None,
         failover: bool = True,
         deadline_s: float | None = None,
+        detach: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Submit a completion (or, with `messages` and an empty prompt, a chat) and stream its events until
         `done` or `error`. If the node it went to is lost (its connection closes, or it falls silent for
         `timeout`), the task moves to another live node of the mesh with what was received, and the stream goes
-        on after one `failover` event of kind `origin`: every token once, in order (unless `failover` is False)."""
+        on after one `failover` event of kind `origin`: every token once, in order (unless `failover` is False).
+        `detach`: the stream ends at `accepted`; the task runs on without this client, replicated to a peer so it
+        survives its origin, and `result` (through any node) gives its end."""
         task_id = task_id or uuid.uuid4().hex
         stream = self._streams.setdefault(task_id, _Stream())
         fields = dict(task_id=task_id, prompt=prompt, max_tokens=max_tokens, params=params or {}, stop=list(stop),
                       model=model, peer=peer, messages=list(messages) if messages else None,
-                      failover=None if failover else False, deadline_s=deadline_s)
+                      failover=None if failover else False, deadline_s=deadline_s, detach=detach or None)
         received = Received()
         try:
             self._send("SUBMIT", **fields)
@@ -258,7 +261,7 @@ class AsyncClient:
                 if message.type == "TOKEN" and not received.accept(message["seq"], message["text"], message["ids"]):
                     continue  # already received: the new origin replays the resumed prefix to a resend
                 yield event_from(message)
-                if message.type in ("DONE", "ERROR"):
+                if message.type in ("DONE", "ERROR") or (detach and message.type == "ACCEPTED"):
                     return
         finally:
             self._streams.pop(task_id, None)

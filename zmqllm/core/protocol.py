@@ -128,6 +128,7 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
         "resume_ids": INTS + _OPTIONAL,
         "resume_text": STR + _OPTIONAL,
         "start_seq": INT + _OPTIONAL,
+        "detach": BOOL + _OPTIONAL,
     },
     "ACCEPTED": {"task_id": STR, "origin": STR},
     "ASSIGN": {

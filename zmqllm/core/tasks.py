@@ -32,6 +32,8 @@ class TaskSpec:
     messages: tuple[dict[str, Any], ...] = ()
     failover: bool = True
     deadline_s: float | None = None
+    detach: bool = False
+    """No client streams it: it runs to its end, its result is asked for later (and it is replicated)."""
 
     @classmethod
     def from_submit(cls, fields: Any) -> TaskSpec:
@@ -46,7 +48,15 @@ class TaskSpec:
             tuple(fields.get("messages") or ()),
             fields.get("failover", True),
             fields.get("deadline_s"),
+            bool(fields.get("detach")),
         )
+
+    def submit_fields(self) -> dict[str, Any]:
+        """The SUBMIT fields that make this task again (what a detached task's replica holds)."""
+        return {"task_id": self.task_id, "prompt": self.prompt, "max_tokens": self.max_tokens,
+                "params": self.params, "stop": list(self.stop), "model": self.model, "peer": self.peer,
+                "messages": list(self.messages) or None, "failover": self.failover, "deadline_s": self.deadline_s,
+                "detach": True}
 
     def request(self, resume_ids: tuple[int, ...] = ()) -> GenerationRequest:
         """What the engine runs (continuing after `resume_ids` on a failover)."""

@@ -73,7 +73,7 @@ class Origin:
         if problem is not None:
             self.node.reply_error(client, "internal", problem, re=message.id, task_id=spec.task_id, retryable=True)
             return
-        self.clients[spec.task_id] = [client]
+        self.clients[spec.task_id] = [] if spec.detach else [client]  # a detached task goes on without it
         self.node.reply(client, "ACCEPTED", re=message.id, task_id=spec.task_id, origin=self.node.settings.name)
         log.info("task %s accepted (model=%s, peer=%s%s)", spec.task_id, spec.model, spec.peer,
                  f", resumed after {start_seq} tokens from a lost origin" if task.resumed else "")
@@ -82,6 +82,29 @@ class Origin:
                                   "executed_by": "", "executed_on": []})
             return
         self._start(task)
+        if spec.detach:
+            self.node.orchestrator.replication.detached_started(spec)
+
+    def adopt_detached(self, fields: dict[str, Any], previous_owner: str) -> None:
+        """A detached task whose origin was lost, from the replica this node held: it runs again here from the
+        start (nobody saw its tokens) under the same id, so `zmqllm result ID` finds it here."""
+        try:
+            spec = TaskSpec.from_submit(fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("cannot adopt a detached task from %s: its replica is malformed (%s)", previous_owner, exc)
+            return
+        problem = validate_spec(spec)
+        if problem is not None or spec.task_id in self.tasks:
+            log.error("cannot adopt detached task %s from %s: %s", spec.task_id, previous_owner,
+                      problem or "this node holds a task with that id")
+            return
+        task = OriginTask(spec, self.node.clock())
+        if self._record(task) is not None:
+            return
+        self.clients[spec.task_id] = []
+        log.warning("task %s (detached): adopted from %s, running it again", spec.task_id, previous_owner)
+        self._start(task)
+        self.node.orchestrator.replication.detached_started(spec)
 
     def submit_local(self, spec: TaskSpec, listener: TaskListener, avoid: Iterable[str] = ()) -> str | None:
         """A task from inside this node (a workflow step), routed like any client's and journaled too; its
@@ -362,6 +385,8 @@ class Origin:
                                    self.node.clock() - task.created)
         if task.final_written:
             task.drop_output()
+        if task.spec.detach:
+            self.node.orchestrator.replication.detached_ended(task.task_id)
         self._forget_old()
 
     def _cancel(self, task: OriginTask) -> None:

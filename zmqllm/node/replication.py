@@ -14,7 +14,9 @@ adopts it under the next epoch: the orchestrator continues it from the outputs h
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from zmqllm.core.lookup import Lookup
@@ -23,10 +25,25 @@ from zmqllm.core.replica import RECORD_KINDS, Replica, ReplicaStore, choose_hold
 from zmqllm.net.transport import Sent
 
 if TYPE_CHECKING:
+    from zmqllm.core.tasks import TaskSpec
     from zmqllm.node.orchestrator import RunJob
     from zmqllm.node.roles import ReplicationHost
 
 log = logging.getLogger(__name__)
+
+DETACHED = "detached task"
+"""The `source` of a replica that is a detached task (`submit --detach`), not a workflow run: its `spec` is the
+task's SUBMIT fields as JSON, and adopting it runs the task again on the holder under the same id."""
+
+
+@dataclass
+class _Detached:
+    """A detached task this node is origin of, and the peer holding its replica."""
+
+    fields: dict[str, Any]
+    epoch: int
+    holder: str | None = None
+    seq: int = 0
 
 
 class ReplicatedRuns(Protocol):
@@ -48,6 +65,32 @@ class Replication:
         self.node = node
         self.runs = runs
         self.store = ReplicaStore()
+        self.detached: dict[str, _Detached] = {}
+
+    # -- detached tasks ---------------------------------------------------------------------
+
+    def detached_started(self, spec: TaskSpec) -> None:
+        """A detached task was accepted (or adopted) here: its replica goes to a live peer."""
+        epoch = self.store.epoch_of(spec.task_id) or 1
+        self.detached[spec.task_id] = _Detached(spec.submit_fields(), epoch)
+        self._rehome_detached(spec.task_id)
+
+    def detached_ended(self, task_id: str) -> None:
+        """Its result is here now (and in the journal): the holder lets its replica go."""
+        entry = self.detached.pop(task_id, None)
+        if entry is not None and entry.holder is not None:
+            entry.seq += 1
+            self.node.send_to_peer(entry.holder, "REPLICATE", run_id=task_id, epoch=entry.epoch, seq=entry.seq,
+                                   kind="end")
+
+    def _rehome_detached(self, task_id: str) -> None:
+        entry = self.detached[task_id]
+        peers = [peer.node_id for peer in self._live_peers()]
+        entry.holder = choose_holder(task_id, peers)
+        if entry.holder is not None:
+            entry.seq += 1
+            self.node.send_to_peer(entry.holder, "REPLICATE", run_id=task_id, epoch=entry.epoch, seq=entry.seq,
+                                   kind="start", source=DETACHED, spec=json.dumps(entry.fields))
 
     # -- owner side --------------------------------------------------------------------------
 
@@ -71,6 +114,9 @@ class Replication:
 
     def round(self) -> None:
         """Every heartbeat: runs without a live holder get one; an end not yet confirmed is sent again."""
+        for task_id, entry in list(self.detached.items()):
+            if entry.holder is None or not self._alive(entry.holder):
+                self._rehome_detached(task_id)
         for job in list(self.runs.jobs.values()):
             if not job.going():
                 continue
@@ -83,6 +129,11 @@ class Replication:
 
     def on_ack(self, message: Message) -> None:
         """The holder's answer to a record (on this node's link to it: `src` is the holder)."""
+        entry = self.detached.get(message["run_id"])
+        if entry is not None:
+            if message.src == entry.holder and not message["ok"] and not message.get("stale"):
+                self._rehome_detached(message["run_id"])
+            return
         job = self.runs.jobs.get(message["run_id"])
         if job is None or not job.going() or message.src != job.holder or message["epoch"] != job.epoch:
             return
@@ -159,10 +210,14 @@ class Replication:
         for job in list(self.runs.jobs.values()):
             if job.going() and job.holder == node_id:
                 self._rehome(job, force=True)
+        for task_id, entry in list(self.detached.items()):
+            if entry.holder == node_id:
+                self._rehome_detached(task_id)
         for replica in self.store.orphaned(node_id):
             log.info("run %s: its orchestrator %s is lost; looking whether another node has it going",
                      replica.run_id, replica.owner_name)
-            self.node.forwarder.search("run", replica.run_id, lambda lookup, r=replica: self._adopt_unless_going(
+            kind = "task" if replica.source == DETACHED else "run"
+            self.node.forwarder.search(kind, replica.run_id, lambda lookup, r=replica: self._adopt_unless_going(
                 r, lookup))
 
     def _adopt_unless_going(self, replica: Replica, lookup: Lookup) -> None:
@@ -177,7 +232,15 @@ class Replication:
         replica.adopted = True
         replica.epoch += 1
         replica.owner_id, replica.owner_name = self.node.node_id, self.node.settings.name  # for fencing answers
-        self.runs.adopt(replica, previous)
+        if replica.source == DETACHED:
+            try:
+                fields = json.loads(replica.spec)
+            except ValueError as exc:
+                log.error("task %s: its replica from %s does not parse: %s", replica.run_id, previous, exc)
+                return
+            self.node.origin.adopt_detached(fields, previous)
+        else:
+            self.runs.adopt(replica, previous)
 
     def _live_peers(self) -> list[Any]:
         table = self.node.table

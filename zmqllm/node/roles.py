@@ -65,6 +65,8 @@ class OriginHost(Replies, Protocol):
     events: EventHub
     stats: NodeStats
     clock: Callable[[], float]
+    orchestrator: Any
+    """Its `replication` holds detached tasks' replicas too."""
 
     def identity(self) -> Identity: ...
 
@@ -92,6 +94,7 @@ class ReplicationHost(Replies, Protocol):
     node_id: str
     table: PeerTable | None
     forwarder: Any
+    origin: Any
 
     def link_for(self, node_id: str) -> Any: ...
 
