@@ -55,3 +55,17 @@ def test_ties_go_to_the_same_node_whoever_weighs_them() -> None:
     one.answer("y", "finished"), one.answer("x", "finished")
     two.answer("x", "finished"), two.answer("y", "finished")
     assert one.holder() == two.holder() == "x"
+
+
+def test_runs_across_the_mesh_show_each_run_once_as_its_orchestrator_tells_it() -> None:
+    from zmqllm.core.lookup import merge_run_rows
+
+    rows = [
+        {"run_id": "r1", "state": "adopted", "orchestrator": "b", "created": 1.0},  # a's copy after it was cut off
+        {"run_id": "r1", "state": "done", "orchestrator": "b", "created": 1.5},
+        {"run_id": "r2", "state": "replica", "orchestrator": "a"},
+        {"run_id": "r3", "state": "running", "orchestrator": "c", "created": 3.0},
+        {"run_id": "r3", "state": "replica", "orchestrator": "c"},
+    ]
+    merged = merge_run_rows(rows)
+    assert [(r["run_id"], r["state"]) for r in merged] == [("r3", "running"), ("r1", "done"), ("r2", "replica")]

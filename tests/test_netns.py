@@ -145,8 +145,8 @@ max_tokens = 100
 
 
 def _runs(env: dict[str, str], ns: str, endpoint: str) -> list[dict]:
-    result = subprocess.run(_in(ns, sys.executable, "-m", "zmqllm", "runs", "--json", "--connect", endpoint,
-                                "--timeout", "2"), env=env, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(_in(ns, sys.executable, "-m", "zmqllm", "runs", "--here", "--json", "--connect",
+                                endpoint, "--timeout", "2"), env=env, capture_output=True, text=True, timeout=30)
     return json.loads(result.stdout) if result.returncode == 0 else []
 
 

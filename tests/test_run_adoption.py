@@ -63,11 +63,12 @@ def test_a_killed_orchestrators_run_is_adopted_and_finished_once(spawn: Any, zmq
     # the adopter started "second" once; "first" came from the replica, it never ran again
     after = events[events.index(adopted[0]):]
     assert [e["key"] for e in after if e["type"] == "task" and e["state"] == "started"] == ["second"]
-    # `runs` on the adopter shows it done; any node's `run --attach` reaches the adopter's ending
-    adopter_node = next(n for n in nodes if n.name == adopter)
-    listed = json.loads(run_cli(zmqllm_env, "runs", "--json", "--connect", adopter_node.endpoint).stdout)
-    assert [(r["run_id"], r["state"]) for r in listed] == [("homeless", "done")]
+    # `runs` on any node shows it done, orchestrated by the adopter; any node's `run --attach` reaches its ending
     other = next(n for n in nodes[1:] if n.name != adopter)
+    listed = json.loads(run_cli(zmqllm_env, "runs", "--json", "--connect", other.endpoint).stdout)
+    assert [(r["run_id"], r["state"], r["orchestrator"]) for r in listed] == [("homeless", "done", adopter)]
+    here = json.loads(run_cli(zmqllm_env, "runs", "--here", "--json", "--connect", other.endpoint).stdout)
+    assert [r["state"] for r in here if r["run_id"] == "homeless"] in ([], ["replica"])  # it only held the end
     attached = run_cli(zmqllm_env, "run", "--attach", "homeless", "--json", "--connect", other.endpoint)
     assert attached.returncode == 0, attached.stderr
     assert json.loads(attached.stdout.splitlines()[-1])["output"] == final["output"]

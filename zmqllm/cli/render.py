@@ -89,6 +89,6 @@ def task_table(rows: list[dict[str, Any]]) -> str:
 def run_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no workflow runs"
-    return table(["run", "workflow", "state", "tasks done", "elapsed", "error"],
-                 [[r["run_id"], r["workflow"], r["state"], str(r.get("tasks_done", "")),
+    return table(["run", "workflow", "state", "orchestrator", "tasks done", "elapsed", "error"],
+                 [[r["run_id"], r["workflow"], r["state"], r.get("orchestrator") or "", str(r.get("tasks_done", "")),
                    f"{r.get('elapsed_s', 0):.1f}s", (r.get("error") or "")[:60]] for r in rows])

@@ -23,8 +23,11 @@ from zmqllm.cli.common import (
     show,
     read_prompt,
 )
-from zmqllm.client import MeshUnreachable, RequestFailed
+from zmqllm.client import AsyncClient, MeshUnreachable, RequestFailed
 from zmqllm.workflow import WorkflowError, load_workflow
+
+PEER_QUERY_TIMEOUT_S = 3.0
+"""`zmqllm runs` waits at most this long for each other node's listing."""
 
 
 @click.command()
@@ -92,9 +95,14 @@ def _needs_input(workflow: Any) -> set[str]:
 
 
 @click.command()
+@click.option("--here", is_flag=True, help="only the answering node's own runs and the replicas it holds")
 @client_options
-def runs(connect: str, timeout: float, as_json: bool) -> None:
-    """List the workflow runs the answering node orchestrated (newest first).
+def runs(here: bool, connect: str, timeout: float, as_json: bool) -> None:
+    """List the mesh's workflow runs (newest first), each with the node that orchestrates it.
+
+    Every live node is asked; a run appears once, as its orchestrator tells it
+    (a node that adopted it after its first orchestrator was lost, or a replica
+    holder while the adoption is pending). --here asks only the --connect node.
 
     \b
     Example:
@@ -102,7 +110,26 @@ def runs(connect: str, timeout: float, as_json: bool) -> None:
     """
     from zmqllm.cli.render import run_table
 
-    show(query(connect, timeout, lambda c: c.runs()), as_json, run_table)
+    show(query(connect, timeout, lambda c: c.runs() if here else _mesh_runs(c, timeout)), as_json, run_table)
+
+
+async def _mesh_runs(client: AsyncClient, timeout: float) -> list[dict[str, Any]]:
+    """Every live node's runs, merged: one row per run. A node that does not answer in time is left out."""
+    from zmqllm.core.lookup import merge_run_rows
+
+    rows = list(await client.runs())
+    others = [row["endpoint"] for row in await client.peers() if not row.get("self") and row["state"] == "alive"]
+
+    async def ask(endpoint: str) -> list[dict[str, Any]]:
+        try:
+            async with AsyncClient(endpoint, min(timeout, PEER_QUERY_TIMEOUT_S)) as other:
+                return await other.runs()
+        except (MeshUnreachable, RequestFailed):
+            return []
+
+    for more in await asyncio.gather(*(ask(endpoint) for endpoint in others)):
+        rows.extend(more)
+    return merge_run_rows(rows)
 
 
 @click.group()

@@ -9,7 +9,7 @@ going or finished. So holdings are ranked, and the lookup is settled as soon as 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["task", "run"]
 KINDS: tuple[Kind, ...] = ("task", "run")
@@ -61,3 +61,18 @@ class Lookup:
 
     def holding_of(self, node_id: str) -> str | None:
         return self.answers.get(node_id)
+
+
+_ROW_RANK = {"running": 4, "done": 3, "failed": 3, "cancelled": 3, "replica": 2, "adopted": 1, "interrupted": 1}
+"""How telling each node's row of one run is: its orchestrator's live or final row over a replica, and either
+over the copy a crash or an adoption left behind."""
+
+
+def merge_run_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`zmqllm runs` across the mesh: every node's rows, one per run (the most telling), newest first."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        held = best.get(row["run_id"])
+        if held is None or _ROW_RANK.get(row.get("state", ""), 0) > _ROW_RANK.get(held.get("state", ""), 0):
+            best[row["run_id"]] = row
+    return sorted(best.values(), key=lambda row: row.get("created") or 0.0, reverse=True)
