@@ -63,3 +63,12 @@ def test_every_node_names_the_same_holder_and_a_leaving_peer_moves_only_its_own_
     after = {run: choose_holder(run, ["n1", "n2", "n3"]) for run in runs}
     assert all(after[run] == chosen[run] for run in runs if chosen[run] != "n4")
     assert choose_holder("r", []) is None
+
+
+def test_a_holder_refuses_records_beyond_its_byte_budget_and_keeps_what_it_holds() -> None:
+    store = ReplicaStore(max_bytes=100)
+    assert store.apply("r1", 1, "start", {**START, "input": "x" * 60}, "A", "a").ok
+    assert not store.apply("r2", 1, "start", {**START, "input": "y" * 60}, "A", "a").ok  # would pass 100 bytes
+    assert not store.apply("r1", 1, "task", {"key": "k", "text": "z" * 50, "record": {}}, "A", "a").ok
+    assert set(store.replicas) == {"r1"} and store.replicas["r1"].tasks == {}
+    assert store.apply("r1", 1, "start", {**START, "input": "w" * 70}, "A", "a").ok  # a restart replaces its own

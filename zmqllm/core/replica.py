@@ -20,6 +20,9 @@ from typing import Any, Literal
 
 MAX_REPLICAS = 1024
 """Runs one node holds for others; the oldest ended ones go first, then the oldest of all."""
+MAX_REPLICA_BYTES = 256 * 2**20
+"""Text (specs, inputs, step outputs) held for others at most: beyond it new records are refused, so peers cannot
+make a node hold more than this whatever they send (each record is bounded by the frame size only)."""
 
 RecordKind = Literal["start", "task", "end", "drop"]
 RECORD_KINDS: tuple[RecordKind, ...] = ("start", "task", "end", "drop")
@@ -60,9 +63,13 @@ class Verdict:
 class ReplicaStore:
     """The runs this node holds for others."""
 
-    def __init__(self, limit: int = MAX_REPLICAS) -> None:
+    def __init__(self, limit: int = MAX_REPLICAS, max_bytes: int = MAX_REPLICA_BYTES) -> None:
         self.replicas: OrderedDict[str, Replica] = OrderedDict()
         self.limit = limit
+        self.max_bytes = max_bytes
+
+    def held_bytes(self) -> int:
+        return sum(_size(r) for r in self.replicas.values())
 
     def epoch_of(self, run_id: str) -> int:
         replica = self.replicas.get(run_id)
@@ -79,6 +86,10 @@ class ReplicaStore:
             if held is not None and held.epoch == epoch and held.owner_id == owner_id and not held.adopted:
                 del self.replicas[run_id]
             return Verdict(True)
+        incoming = sum(len(str(fields.get(name) or "")) for name in ("spec", "input", "text"))
+        if incoming and self.held_bytes() - (_size(held) if held is not None and kind == "start" else 0) \
+                + incoming > self.max_bytes:
+            return Verdict(False)  # full: the owner tries again later (or elsewhere, as peers change)
         if kind == "start":
             if held is not None and held.epoch == epoch and (held.owner_id != owner_id or held.adopted):
                 return Verdict(False)  # one owner per epoch: another node's start of it is refused
@@ -111,6 +122,10 @@ class ReplicaStore:
         while len(self.replicas) > self.limit:
             victim = next((k for k, r in self.replicas.items() if r.ended or r.adopted), None)
             del self.replicas[victim if victim is not None else next(iter(self.replicas))]
+
+
+def _size(replica: Replica) -> int:
+    return len(replica.spec) + len(replica.input) + sum(len(text) for text, _ in replica.tasks.values())
 
 
 def choose_holder(run_id: str, candidates: Iterable[str]) -> str | None:

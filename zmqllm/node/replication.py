@@ -132,7 +132,7 @@ class Replication:
         entry = self.detached.get(message["run_id"])
         if entry is not None:
             if message.src == entry.holder and not message["ok"] and not message.get("stale"):
-                self._rehome_detached(message["run_id"])
+                entry.holder = None  # the next round sends it again
             return
         job = self.runs.jobs.get(message["run_id"])
         if job is None or not job.going() or message.src != job.holder or message["epoch"] != job.epoch:
@@ -141,8 +141,8 @@ class Replication:
             self.runs.supersede(job, message.get("owner") or message.src)
             return
         if not message["ok"]:
-            self._rehome(job, force=True)  # it does not hold the run (restarted, or became holder midway)
-            return
+            job.holder = None  # it lacks the run (restarted, became holder midway) or is full: the next round
+            return  # sends everything again, at most once a heartbeat (never a refusal ping-pong)
         job.acked_seq = max(job.acked_seq, message["seq"])
         if job.pending_final is not None and job.end_seq is not None and job.acked_seq >= job.end_seq:
             self.runs.commit_end(job)
