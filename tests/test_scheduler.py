@@ -193,3 +193,77 @@ def test_choice_is_live_serves_the_model_and_has_the_least_load(specs: list[tupl
         assert best.is_self
     else:
         assert best.name == min(c.name for c in tied)
+
+
+# -- a saturating closed loop, simulated: does placement keep every slot busy? ----------------------------------
+
+
+def _closed_loop_efficiency(nodes: int, *, know_own_share: bool, slots: int = 2, service_s: float = 1.0,
+                            heartbeat_s: float = 0.5, horizon_s: float = 40.0) -> float:
+    """Tasks finished ÷ what nodes × slots finish when never idle, for a closed loop of nodes × slots clients
+    all submitting to node 0. Every node runs `slots` tasks at once (FIFO queue beyond) for `service_s` each and
+    reports its work (running + queued) every `heartbeat_s`, at phases spread over the interval; node 0 sees its
+    own work live, as an origin does. `know_own_share`: the origin knows how much of each report was its own
+    (today's rule); False: the report and what it assigned are combined by `max` (the rule before)."""
+    import heapq
+
+    names = [f"n{i}" for i in range(nodes)]
+    running: dict[str, int] = dict.fromkeys(names, 0)
+    queued: dict[str, int] = dict.fromkeys(names, 0)
+    reported: dict[str, int] = dict.fromkeys(names, 0)
+    mine_then: dict[str, int] = dict.fromkeys(names, 0)
+    events: list[tuple[float, int, str, str]] = []  # (time, order, kind, node): ends before reports at a tie
+    for i, name in enumerate(names[1:], start=1):
+        heapq.heappush(events, (heartbeat_s * i / nodes, 1, "report", name))
+    finished = 0
+
+    def place(now: float) -> None:
+        candidates = [Candidate(name, ("m",), "alive", slots,
+                                running[name] + queued[name] if name == "n0" else reported[name],
+                                running[name] + queued[name], is_self=name == "n0",
+                                reported_mine=(running[name] + queued[name] if name == "n0" else mine_then[name])
+                                if know_own_share else None)
+                      for name in names]
+        target = choose_executor(candidates, "m")[0].name
+        if running[target] < slots:
+            running[target] += 1
+            heapq.heappush(events, (now + service_s, 0, "end", target))
+        else:
+            queued[target] += 1
+
+    for _ in range(nodes * slots):
+        place(0.0)
+    while events:
+        now, _, kind, name = heapq.heappop(events)
+        if now > horizon_s:
+            break
+        if kind == "report":
+            reported[name] = running[name] + queued[name]
+            mine_then[name] = reported[name]  # one origin: all of it is its own
+            heapq.heappush(events, (now + heartbeat_s, 1, "report", name))
+            continue
+        finished += 1
+        running[name] -= 1
+        if queued[name]:
+            queued[name] -= 1
+            running[name] += 1
+            heapq.heappush(events, (now + service_s, 0, "end", name))
+        place(now)  # its client submits the next task at once
+    return finished / (nodes * slots * horizon_s / service_s)
+
+
+@pytest.mark.parametrize("nodes", [2, 4, 8])
+def test_a_saturating_closed_loop_keeps_every_slot_busy(nodes: int) -> None:
+    """Fails on the rule before this change (shown by the second figure): a slot freed since a node's last
+    heartbeat looked busy until the next one, so the origin queued tasks on itself while peers idled."""
+    assert _closed_loop_efficiency(nodes, know_own_share=True) >= 0.99
+    assert _closed_loop_efficiency(nodes, know_own_share=False) < 0.95
+
+
+def test_other_origins_work_still_counts_from_the_report() -> None:
+    """Only this origin's own share of a report is replaced by its exact count; other origins' stays."""
+    assert cand("x", reported=5, assigned=1).outstanding == 5  # share unknown: the larger, as before
+    known = Candidate("x", ("gemma",), "alive", 2, 5, 1, reported_mine=2)
+    assert known.outstanding == 1 + 3  # its own 1 now, plus the 3 of others it reported
+    gone = Candidate("x", ("gemma",), "alive", 2, 2, 0, reported_mine=2)
+    assert gone.outstanding == 0  # both of its tasks there ended since the report: free now

@@ -1,10 +1,14 @@
 """Where a task runs. Pure: fed peer states, returns a decision.
 
 The origin picks, among live nodes serving the model, the one with the least
-outstanding work per slot. Outstanding work is the larger of what the node's
-last heartbeat reported and what this origin has itself handed it since — so a
-burst of submissions spreads at once instead of piling on whoever looked idle
-half a second ago. Ties go to this node (no network hop), then by name.
+outstanding work per slot. Outstanding work is what this origin knows exactly
+(its own tasks there now, ended ones already gone) plus other origins' work as
+the node's last heartbeat reported it (the report less what of it was this
+origin's own when it came). So a burst of submissions spreads at once instead of
+piling on whoever looked idle half a second ago, and a slot freed since the last
+heartbeat is seen as free at once instead of looking busy until the next one
+(which left slots idle while tasks queued elsewhere under a saturating load).
+Ties go to this node (no network hop), then by name.
 """
 
 from __future__ import annotations
@@ -24,10 +28,15 @@ class Candidate:
     reported_work: int
     assigned_by_me: int
     is_self: bool = False
+    reported_mine: int | None = None
+    """How much of `reported_work` was this origin's own when it was reported; None when unknown (then the
+    larger of the report and `assigned_by_me` is the best estimate)."""
 
     @property
     def outstanding(self) -> int:
-        return max(self.reported_work, self.assigned_by_me)
+        if self.reported_mine is None:
+            return max(self.reported_work, self.assigned_by_me)
+        return self.assigned_by_me + max(0, self.reported_work - self.reported_mine)
 
 
 @dataclass(frozen=True)

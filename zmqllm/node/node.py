@@ -565,6 +565,7 @@ class Node:
 
     def on_heartbeat(self, identity: bytes, message: Message, is_peer: bool) -> None:
         if self._observe(message.fields, Load.from_fields(message["load"]), identity) and self.table is not None:
+            self.origin.load_reported(message["name"])
             if message["digest"] != self.table.digest():
                 self.send_to_peer(message["node_id"], "PEERS", peers=self.table.gossip_rows())
 

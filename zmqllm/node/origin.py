@@ -43,6 +43,9 @@ class Origin:
         """In-process watchers of a task (the workflow orchestrator), called with each message type and fields."""
         self.deadlines: dict[str, asyncio.TimerHandle] = {}
         """The deadline timers of unfinished tasks, cancelled when their task ends."""
+        self.mine_when_reported: dict[str, int] = {}
+        """Per peer name: how many of this origin's tasks it ran when its last heartbeat's load came (the
+        scheduler subtracts them from the report and counts this origin's own exactly)."""
         self.cancellers: dict[str, list[tuple[bytes, int]]] = {}
         """Who asked to cancel a task without reading its stream (`zmqllm cancel`, a forwarding node), with
         their CANCEL's id: its final message answers them, carrying that id."""
@@ -184,21 +187,33 @@ class Origin:
 
     # -- placing -------------------------------------------------------------------
 
-    def _candidates(self) -> list[Candidate]:
-        node = self.node
-        if node.table is None:
-            return []
+    def _busy(self) -> dict[str, int]:
+        """This origin's unfinished tasks per executor name."""
         busy: dict[str, int] = {}
         for task in self.tasks.values():
             if not task.finished and task.executor_name:
                 busy[task.executor_name] = busy.get(task.executor_name, 0) + 1
+        return busy
+
+    def load_reported(self, name: str) -> None:
+        """A peer's heartbeat just brought its load: remember how much of it is this origin's."""
+        self.mine_when_reported[name] = self._busy().get(name, 0)
+
+    def _candidates(self) -> list[Candidate]:
+        node = self.node
+        if node.table is None:
+            return []
+        busy = self._busy()
         me = node.identity()
         own = node.load()
-        result = [Candidate(me.name, me.models, "alive", me.slots, own.active + own.queued, busy.get(me.name, 0), True)]
+        mine_here = busy.get(me.name, 0)
+        result = [Candidate(me.name, me.models, "alive", me.slots, own.active + own.queued, mine_here, True,
+                            reported_mine=mine_here)]  # its own load is current: exact
         for peer in node.table.peers():
             load = peer.load
             result.append(Candidate(peer.name, peer.identity.models, peer.state, peer.identity.slots,
-                                    load.active + load.queued, busy.get(peer.name, 0)))
+                                    load.active + load.queued, busy.get(peer.name, 0),
+                                    reported_mine=self.mine_when_reported.get(peer.name)))
         return result
 
     def _route(self, task: OriginTask, failover_reason: str | None = None) -> None:
