@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.conftest import LOCAL_HTTP, Daemon, alive_names, http_request, http_url, wait_until
+from conftest import LOCAL_HTTP, Daemon, alive_names, http_request, http_url, wait_until
 from zmqllm.http import anthropic as messages_api
 from zmqllm.http.errors import ApiError
 

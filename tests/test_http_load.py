@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import Daemon, run_cli, wait_until
+from conftest import Daemon, run_cli, wait_until
 
 aiohttp = pytest.importorskip("aiohttp", reason="the gateway's own dependency")
 

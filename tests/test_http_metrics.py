@@ -11,7 +11,7 @@ import pytest
 
 import zmqllm
 
-from tests.conftest import alive_names, wait_until
+from conftest import alive_names, wait_until
 
 openai = pytest.importorskip("openai", reason="the test extra installs openai")
 parser = pytest.importorskip("prometheus_client.parser")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import LOCAL_HTTP, Daemon, alive_names, http_request, http_url, run_cli, wait_until
+from conftest import LOCAL_HTTP, Daemon, alive_names, http_request, http_url, run_cli, wait_until
 from zmqllm import __version__
 from zmqllm.core.validation import MAX_TOKENS_LIMIT
 from zmqllm.http import ollama as api

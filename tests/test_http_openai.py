@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import LOCAL_HTTP, Daemon, alive_names, http_request, http_url, launch, run_cli, stop_process, wait_until
+from conftest import LOCAL_HTTP, Daemon, alive_names, http_request, http_url, launch, run_cli, stop_process, wait_until
 
 openai = pytest.importorskip("openai", reason="the test extra installs openai")
 

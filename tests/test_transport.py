@@ -97,3 +97,42 @@ async def test_a_receiver_that_was_unreachable_is_sent_to_again_when_it_comes_ba
         mailer.flush()
     assert failures == [(b"peer", Sent.UNREACHABLE)]
     assert [frames[1] for frames in channel.sent] == [b"one", b"three"]
+
+
+async def test_a_long_drain_lets_other_callbacks_in() -> None:
+    """Fails on the code before this change: one drain handled up to 256 frames, each of which may carry
+    thousands of messages, so a node relaying a flood starved its own heartbeat loop for longer than the
+    dead-detection time and its peers dropped its tasks."""
+    import time
+
+    ctx = zmq.Context()
+    server, client = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    client.connect(f"tcp://127.0.0.1:{port}")
+    seen: list[bytes] = []
+    everything = asyncio.Event()
+
+    def handle(frames: list[bytes]) -> None:
+        time.sleep(0.004)  # a heavy frame: thousands of tokens to relay
+        seen.append(frames[0])
+        if len(seen) == 50:
+            everything.set()
+
+    for i in range(50):
+        client.send(str(i).encode())
+    await asyncio.sleep(0.05)  # all 50 queued at the server before its first drain
+    handled_when_heard: list[int] = []
+
+    def other_callback() -> None:  # stands in for the heartbeat loop
+        handled_when_heard.append(len(seen))
+
+    channel = Channel(server, handle)
+    try:
+        asyncio.get_running_loop().call_soon(other_callback)
+        await asyncio.wait_for(everything.wait(), WAIT_S)
+        assert handled_when_heard and handled_when_heard[0] < 10, handled_when_heard
+        assert seen == [str(i).encode() for i in range(50)]  # nothing lost or reordered by yielding
+    finally:
+        channel.close()
+        client.close(0)
+        ctx.term()

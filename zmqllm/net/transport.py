@@ -13,6 +13,7 @@ import enum
 import logging
 import re
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -29,6 +30,10 @@ BATCH_LIMIT = 256
 """Most messages the mailer puts in one frame."""
 DEALER_SEND_HWM = 1_000
 """Messages queued to one peer on its DEALER (membership and control traffic)."""
+DRAIN_BUDGET_S = 0.01
+"""Longest one drain of a socket runs before it lets other callbacks in (heartbeats above all): a frame can carry
+thousands of messages, so a count of frames alone does not bound it, and a loop busy relaying a flood for longer
+than the dead-detection time got this node declared dead by its peers."""
 OUTBOX_LIMIT_BYTES = 16 * 1024 * 1024
 """Bytes held for one receiver whose queue is full before sends to it report `FULL`."""
 OUTBOX_RETRY_S = 0.002
@@ -161,6 +166,7 @@ class Channel:
         self._drain_scheduled = False
         if self.socket.closed:
             return
+        until = time.monotonic() + DRAIN_BUDGET_S
         for _ in range(self._batch):
             try:
                 frames = self.socket.recv_multipart(flags=zmq.DONTWAIT)
@@ -172,6 +178,8 @@ class Channel:
                 log.exception("error handling a message; going on with the next")
             if self.socket.closed:
                 return
+            if time.monotonic() > until:
+                break
         self._schedule_drain()  # more may be queued: continue next turn
 
 

@@ -84,11 +84,16 @@ class RemoteTasks:
         return True
 
     def origin_lost(self, origin_id: str) -> None:
-        """The origin died or left: nobody will read these tokens."""
+        """The origin died or left: nobody will read these tokens. It is told even so (best effort): an origin
+        that was only silent for a while (frozen, overloaded, cut off) reads it when it is back and moves the
+        task elsewhere, instead of waiting for tokens that will never come."""
         for job in list(self.jobs.values()):
             if job.origin_id == origin_id:
                 self.jobs.pop(job.key)
                 self.node.executor.cancel(job.key)
+                self.node.reply_error(job.origin_identity, "peer_dead", f"{self.node.settings.name} stopped the "
+                                      f"task after {job.next_seq} tokens: its origin fell silent",
+                                      task_id=job.task_id, retryable=True)
 
     def abandon_all(self, reason: str) -> None:
         """This node is stopping: tell each origin its task must move elsewhere."""
