@@ -197,8 +197,18 @@ class Replication:
             return
         fields = {name: message.get(name) for name in ("workflow", "source", "spec", "input", "key", "text",
                                                          "record")}
+        held = self.store.replicas.get(run_id)
+        waiting = list(held.watchers) if held is not None and kind in ("end", "drop") else []
         verdict = self.store.apply(run_id, epoch, kind, fields, message.src, owner_name)
         self._answer(identity, message, ok=verdict.ok, stale=verdict.stale or None, owner=verdict.owner or None)
+        if verdict.ok and waiting:  # they waited here for an adoption that will not come: send them to the owner
+            if held is not None:
+                held.watchers.clear()
+            for client in waiting:
+                self.node.reply(client, "RUN_EVENT", final=True, run_id=run_id, event={
+                    "type": "error", "run_id": run_id, "code": "peer_dead", "retryable": True,
+                    "message": f"run {run_id} is orchestrated by {owner_name}, which is back: "
+                               f"zmqllm run --attach {run_id}"})
 
     def _answer(self, identity: bytes, message: Message, **fields: Any) -> None:
         self.node.reply(identity, "REPLICATED", re=message.id, run_id=message["run_id"], epoch=message["epoch"],
