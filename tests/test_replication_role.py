@@ -82,7 +82,7 @@ def test_an_older_epoch_is_answered_stale_naming_the_owner() -> None:
 
 
 def test_an_owner_stops_on_stale_and_waits_a_round_after_a_refusal() -> None:
-    from zmqllm.node.orchestrator import RunJob
+    from zmqllm.node.run_job import RunJob
 
     host, runs = Host(), Runs()
     replication = Replication(host, runs)

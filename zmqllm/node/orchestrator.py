@@ -17,13 +17,13 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zmqllm.core.protocol import Message
 from zmqllm.core.replica import Replica
 from zmqllm.core.tasks import TaskSpec
 from zmqllm.node.replication import Replication
+from zmqllm.node.run_job import RunJob, Step
 from zmqllm.workflow import PendingSplit, Run, TaskRequest, WorkflowError, parse_workflow
 
 if TYPE_CHECKING:
@@ -38,52 +38,6 @@ RUNS_KEPT = 64
 MAX_RUN_ID_CHARS = 64
 TIMING_KEYS = ("ttft_ms", "total_ms", "decode_tok_s")
 """The task timings kept in its record."""
-
-
-@dataclass
-class _Step:
-    """One task of a run as it is being executed."""
-
-    request: TaskRequest
-    task_id: str
-    peer: str | None = None
-    tokens: int = 0
-    started: float = field(default_factory=time.time)
-
-
-@dataclass
-class RunJob:
-    run_id: str
-    workflow: str
-    run: Run
-    watchers: list[bytes] = field(default_factory=list)
-    running: dict[str, _Step] = field(default_factory=dict)
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Every finished task: key → executed_by, tokens, start and end times (journaled ones marked so)."""
-    final: dict[str, Any] | None = None
-    cancelling: bool = False
-    progress_due: bool = False
-    spec_text: str = ""
-    source: str = ""
-    input_text: str = ""
-    outputs: dict[str, str] = field(default_factory=dict)
-    """Every finished step's output by key (what a new replica holder is sent)."""
-    epoch: int = 1
-    """1 for a run started here; its holder adopts it as epoch + 1 (node/replication.py)."""
-    holder: str | None = None
-    """The peer holding this run's replica (its node id), if any now."""
-    replicated: bool = False
-    """The run has had a holder: its end waits for a holder's confirmation."""
-    seq: int = 0
-    acked_seq: int = 0
-    end_seq: int | None = None
-    pending_final: dict[str, Any] | None = None
-    """The run's end, computed and waiting for its holder's confirmation before anyone hears it."""
-    superseded_by: str | None = None
-    """Another node adopted this run (a higher epoch) while this one was cut off: it stopped here."""
-
-    def going(self) -> bool:
-        return self.final is None and self.superseded_by is None
 
 
 class Orchestrator:
@@ -334,7 +288,7 @@ class Orchestrator:
         task_id = f"{job.run_id}.{request.key}.{secrets.token_hex(3)}"[:128]
         spec = TaskSpec(task_id, request.prompt, request.max_tokens, dict(request.params), tuple(request.stop),
                         request.model, request.peer)
-        step = _Step(request, task_id)
+        step = Step(request, task_id)
         job.running[request.key] = step
         problem = self.node.origin.submit_local(
             spec, lambda type_, fields: self._on_task(job, step, type_, fields), job.run.peers_to_avoid(request.key))
@@ -350,7 +304,7 @@ class Orchestrator:
             self._emit(job, {"type": "task", "key": request.key, "step": request.step, "state": "started",
                              "peer": step.peer, "attempt": request.attempt, "task_id": task_id})
 
-    def _on_task(self, job: RunJob, step: _Step, type_: str, fields: dict[str, Any]) -> None:
+    def _on_task(self, job: RunJob, step: Step, type_: str, fields: dict[str, Any]) -> None:
         key = step.request.key
         if type_ == "TOKEN":
             step.tokens += 1
@@ -365,7 +319,7 @@ class Orchestrator:
             job.running.pop(key, None)
             asyncio.get_running_loop().call_soon(self._task_ended, job, step, type_, fields)
 
-    def _task_ended(self, job: RunJob, step: _Step, type_: str, fields: dict[str, Any]) -> None:
+    def _task_ended(self, job: RunJob, step: Step, type_: str, fields: dict[str, Any]) -> None:
         """Outside the origin's call stack: feed the run, journal, dispatch what follows."""
         if self.stopping or not job.going():
             return

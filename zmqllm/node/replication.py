@@ -26,7 +26,7 @@ from zmqllm.net.transport import Sent
 
 if TYPE_CHECKING:
     from zmqllm.core.tasks import TaskSpec
-    from zmqllm.node.orchestrator import RunJob
+    from zmqllm.node.run_job import RunJob
     from zmqllm.node.roles import ReplicationHost
 
 log = logging.getLogger(__name__)
