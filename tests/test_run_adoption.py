@@ -98,3 +98,21 @@ def test_a_run_whose_holder_dies_gets_another_holder_and_finishes_where_it_began
     final = events[-1]
     assert final["type"] == "done" and final["state"] == "done" and [t["key"] for t in final["tasks"]] == [
         "first", "second"], final
+
+
+def test_a_person_following_a_run_is_told_of_the_adoption_in_words() -> None:
+    import io
+
+    from zmqllm.cli.stream_run import _Printer
+
+    out, err = io.StringIO(), io.StringIO()
+    printer = _Printer(out, err, as_json=False)
+    printer.show({"type": "failover", "kind": "orchestrator", "run_id": "r", "from": "tcp://a", "to": "tcp://b",
+                  "reason": "node lost"})
+    printer.show({"type": "run", "run_id": "r", "workflow": "w", "orchestrator": "b", "adopted_from": "a",
+                  "epoch": 2, "attached": True, "resumed": True, "from_journal": ["first"]})
+    printer.show({"type": "error", "run_id": "r", "code": "peer_dead", "message": "moved: zmqllm run --attach r"})
+    lines = err.getvalue().splitlines()
+    assert lines[0] == "[orchestrator lost (node lost): following the run from tcp://b]"
+    assert lines[1] == "run r (w) adopted from a on b; 1 task(s) from its replica"
+    assert lines[2:] == ["error: peer_dead: moved: zmqllm run --attach r"]  # no contradicting resume advice

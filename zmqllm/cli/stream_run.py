@@ -61,10 +61,14 @@ class _Printer:
             return
         self.clear_status()
         if kind == "run":
-            how = "resumed" if event.get("resumed") else "attached" if event.get("attached") else "started"
+            how = ("adopted from " + event["adopted_from"] if event.get("adopted_from") else
+                   "resumed" if event.get("resumed") else "attached" if event.get("attached") else "started")
             reused = event.get("from_journal") or []
-            extra = f"; {len(reused)} task(s) from the journal" if reused else ""
+            where = "its replica" if event.get("adopted_from") else "the journal"
+            extra = f"; {len(reused)} task(s) from {where}" if reused else ""
             self._line(f"run {event['run_id']} ({event.get('workflow')}) {how} on {event.get('orchestrator')}{extra}")
+        elif kind == "failover":
+            self._line(f"[orchestrator lost ({event.get('reason')}): following the run from {event.get('to')}]")
         elif kind == "task":
             self._line(_task_line(event))
         elif kind == "done":
@@ -80,7 +84,8 @@ class _Printer:
                 self._line(f"[run {event['run_id']} done: {len(tasks)} tasks on {', '.join(peers) or '-'}]")
         elif kind == "error":
             self._line(f"error: {event.get('code')}: {event.get('message')}")
-            self._line(f"resume with: zmqllm run --resume {event.get('run_id')}")
+            if "zmqllm run --" not in str(event.get("message")):  # unless it already says what to do
+                self._line(f"resume with: zmqllm run --resume {event.get('run_id')}")
 
     def _line(self, text: str) -> None:
         self.err.write(text + "\n")
