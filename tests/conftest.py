@@ -229,3 +229,20 @@ async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
+
+
+def two_steps(second_tokens: int, defaults: str = "") -> str:
+    """A workflow of two steps, the second fed by the first (4 tokens), long enough to be killed or cut off
+    while it runs."""
+    return f"""
+name = "two-steps"
+{defaults}
+[[steps]]
+name = "first"
+prompt = "first {{input}}"
+max_tokens = 4
+[[steps]]
+name = "second"
+prompt = "second {{first}}"
+max_tokens = {second_tokens}
+"""

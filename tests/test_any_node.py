@@ -51,6 +51,24 @@ def _stream_in_background(endpoint: str, task_id: str, max_tokens: int, **kwargs
     return thread, events, first
 
 
+def _run_in_background(endpoint: str, run_id: str, input: str
+                       ) -> tuple[threading.Thread, list[dict[str, Any]], threading.Event]:
+    """A client following a run of SLOW_STEPS on `endpoint`; the event is set once a step started."""
+    events: list[dict[str, Any]] = []
+    began = threading.Event()
+
+    async def run() -> None:
+        async with AsyncClient(endpoint, timeout=15) as client:
+            async for event in client.run(SLOW_STEPS, input, run_id=run_id):
+                events.append(event)
+                if event["type"] == "task":
+                    began.set()
+
+    thread = threading.Thread(target=lambda: asyncio.run(run()), daemon=True)
+    thread.start()
+    return thread, events, began
+
+
 def test_zmqllm_cancel_through_another_node_ends_the_task_cancelled(pair, zmqllm_env) -> None:
     """Fails on the code before this change: b answered `task_unknown` and the task ran to its end."""
     a, b = pair
@@ -107,18 +125,7 @@ def test_an_id_no_node_holds_is_unknown_quickly_everywhere(pair, zmqllm_env) -> 
 
 def test_run_attach_through_another_node_follows_the_run_to_its_end(pair, zmqllm_env) -> None:
     a, b = pair
-    events: list[dict[str, Any]] = []
-    began = threading.Event()
-
-    async def run_on_a() -> None:
-        async with AsyncClient(a.endpoint, timeout=15) as client:
-            async for event in client.run(SLOW_STEPS, "x", run_id="far-run"):
-                events.append(event)
-                if event["type"] == "task":
-                    began.set()
-
-    thread = threading.Thread(target=lambda: asyncio.run(run_on_a()), daemon=True)
-    thread.start()
+    thread, events, began = _run_in_background(a.endpoint, "far-run", "x")
     assert began.wait(10), events
     attached = run_cli(zmqllm_env, "run", "--attach", "far-run", "--json", "--connect", b.endpoint, timeout=60)
     thread.join(30)
@@ -131,18 +138,7 @@ def test_run_attach_through_another_node_follows_the_run_to_its_end(pair, zmqllm
 
 def test_cancel_run_through_another_node_cancels_it(pair) -> None:
     a, b = pair
-    events: list[dict[str, Any]] = []
-    began = threading.Event()
-
-    async def run_on_a() -> None:
-        async with AsyncClient(a.endpoint, timeout=15) as client:
-            async for event in client.run(SLOW_STEPS, "y", run_id="stop-run"):
-                events.append(event)
-                if event["type"] == "task":
-                    began.set()
-
-    thread = threading.Thread(target=lambda: asyncio.run(run_on_a()), daemon=True)
-    thread.start()
+    thread, events, began = _run_in_background(a.endpoint, "stop-run", "y")
     assert began.wait(10), events
 
     async def cancel_via_b() -> None:

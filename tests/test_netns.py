@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Daemon, _pump, wait_until
+from conftest import Daemon, _pump, two_steps, wait_until
 from zmqllm.net import keys
 
 SUBNET = "10.231.7"
@@ -131,17 +131,7 @@ def test_a_partitioned_executor_fails_over_and_rejoins_when_the_link_heals(hosts
             daemon.stop()
 
 
-RUN_SPEC = """
-name = "two-steps"
-[[steps]]
-name = "first"
-prompt = "first {input}"
-max_tokens = 4
-[[steps]]
-name = "second"
-prompt = "second {first}"
-max_tokens = 100
-"""
+RUN_SPEC = two_steps(100)
 
 
 def _runs(env: dict[str, str], ns: str, endpoint: str) -> list[dict]:

@@ -8,21 +8,11 @@ import asyncio
 import json
 from typing import Any
 
-from conftest import run_cli, states, wait_until
+from conftest import run_cli, states, two_steps, wait_until
 
 from zmqllm.client import AsyncClient
 
-TWO_STEPS = """
-name = "two-steps"
-[[steps]]
-name = "first"
-prompt = "first {input}"
-max_tokens = 4
-[[steps]]
-name = "second"
-prompt = "second {first}"
-max_tokens = 60
-"""
+TWO_STEPS = two_steps(60)
 
 
 def _mesh(spawn: Any) -> list[Any]:

@@ -8,26 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli, states, wait_until
+from conftest import run_cli, states, two_steps, wait_until
 
 from zmqllm.client import AsyncClient, RequestFailed
 
 REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = (REPO / "configs" / "workflows" / "ensemble.toml").read_text()
 
-TWO_STEPS = """
-name = "two-steps"
-[defaults]
-temperature = 0.0
-[[steps]]
-name = "first"
-prompt = "first {input}"
-max_tokens = 4
-[[steps]]
-name = "second"
-prompt = "second {first}"
-max_tokens = 150
-"""
+TWO_STEPS = two_steps(150, "[defaults]\ntemperature = 0.0")
 
 
 @pytest.fixture
