@@ -246,3 +246,10 @@ name = "second"
 prompt = "second {{first}}"
 max_tokens = {second_tokens}
 """
+
+
+def sigint_as_usual() -> None:
+    """`preexec_fn` for a command a test stops with SIGINT: a shell running the suite in the background (`&`,
+    no job control) starts it with SIGINT ignored, and Python keeps an ignored SIGINT ignored, so the command
+    would never see the test's Ctrl-C. This restores the default, as a terminal would have it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -10,7 +10,7 @@ import socket
 import msgpack
 import pytest
 import zmq
-from conftest import process_gone, run_cli, states, wait_until
+from conftest import process_gone, run_cli, sigint_as_usual, states, wait_until
 
 from zmqllm.core import protocol
 from zmqllm.client import AsyncClient
@@ -239,7 +239,7 @@ def test_ctrl_c_in_a_benchmark_exits_130_and_leaves_no_daemon(zmqllm_env):
         return found
 
     proc = subprocess.Popen([sys.executable, "-m", "zmqllm", "bench", "failover"], env=zmqllm_env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_usual)
     try:
         daemons = wait_until(lambda: children(proc.pid), 30, interval=0.05, what="the benchmark's daemons")
         proc.send_signal(signal.SIGINT)
