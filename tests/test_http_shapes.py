@@ -107,3 +107,13 @@ def test_task_errors_map_to_the_status_clients_expect(code, status):
     error = from_task_error({"code": code, "message": "why", "retryable": False})
     assert error.status == status and error.body()["error"]["message"] == "why"
     assert ("Retry-After" in error.headers()) == (status == 429)
+
+
+def test_openai_usage_names_cached_prompt_tokens_only_when_a_cache_held_some() -> None:
+    from zmqllm.http.openai import usage_of
+
+    assert usage_of({"prompt_tokens": 40, "completion_tokens": 5}) == {
+        "prompt_tokens": 40, "completion_tokens": 5, "total_tokens": 45}
+    assert usage_of({"prompt_tokens": 40, "completion_tokens": 5, "cached_tokens": 32},
+                    {"prompt_tokens": 40, "completion_tokens": 3}) == {
+        "prompt_tokens": 80, "completion_tokens": 8, "total_tokens": 88, "prompt_tokens_details": {"cached_tokens": 32}}

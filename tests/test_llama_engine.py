@@ -432,3 +432,57 @@ def test_bundled_errors(tmp_path: Path, monkeypatch) -> None:
     assert "\n" not in err.value.message
     # a plain path is returned expanded, unchecked
     assert bundled.resolve_model_path("~/m.gguf", tmp_path) == Path.home() / "m.gguf"
+
+
+@pytest.fixture(scope="module")
+def small_batches(cache_dir: Path):
+    """An engine prefilling in 16-token chunks, so short prompts span several (the cache reuses whole chunks)."""
+    eng = asyncio.run(LlamaEngine.open(model="bundled:gemma3-270m", cache_dir=cache_dir, n_ctx=N_CTX,
+                                       n_threads=N_THREADS, n_batch=16))
+    yield eng
+    asyncio.run(eng.close())
+
+
+def _turns(engine: LlamaEngine) -> tuple[str, object, str]:
+    """A chat's next turn after a first one: the previous prompt, its reply and a new question."""
+    first = "The history of the city of Rome spans over two and a half thousand years. " * 4 + "What came first?"
+    _, _, reply = run(engine, first, max_tokens=16, temperature=0)
+    second = first + reply + " And what came next?"
+    result, _, text = run(engine, second, max_tokens=24, temperature=0)
+    return second, result, text
+
+
+def test_exact_prefix_reuse_skips_whole_chunks_and_answers_bit_for_bit_the_same(small_batches: LlamaEngine) -> None:
+    """The default: only whole prefill chunks computed as a fresh run computes them are reused, so a greedy
+    reply equals the same engine's from an empty cache."""
+    assert small_batches.prefix_cache == "exact"
+    second, result, text = _turns(small_batches)
+    assert result.cached_tokens > 0 and result.cached_tokens % 16 == 0, result
+    small_batches.prefix_cache = "off"
+    try:
+        fresh, _, fresh_text = run(small_batches, second, max_tokens=24, temperature=0)
+    finally:
+        small_batches.prefix_cache = "exact"
+    assert fresh.cached_tokens == 0 and text == fresh_text
+
+
+def test_longest_prefix_reuse_skips_every_shared_token(small_batches: LlamaEngine) -> None:
+    small_batches.prefix_cache = "longest"
+    try:
+        _, result, _ = _turns(small_batches)
+    finally:
+        small_batches.prefix_cache = "exact"
+    assert result.cached_tokens > result.prompt_tokens // 2 and result.cached_tokens % 16 != 0, result
+
+
+def test_without_the_prefix_cache_every_prompt_is_computed_whole(small_batches: LlamaEngine) -> None:
+    prompt = "A prompt sent twice, word for word, to the same engine, long enough for three chunks of sixteen."
+    run(small_batches, prompt, max_tokens=4, temperature=0)
+    small_batches.prefix_cache = "off"
+    try:
+        result, _, _ = run(small_batches, prompt, max_tokens=4, temperature=0)
+    finally:
+        small_batches.prefix_cache = "exact"
+    assert result.cached_tokens == 0
+    again, _, _ = run(small_batches, prompt, max_tokens=4, temperature=0)
+    assert again.cached_tokens == (again.prompt_tokens - 1) // 16 * 16 > 0

@@ -92,3 +92,5 @@ class GenerationResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    """Prompt tokens not computed again: a cache held them from an earlier request."""

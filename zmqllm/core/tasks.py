@@ -186,9 +186,12 @@ class OriginTask:
 
 def done_fields(name: str, outcome: GenerationResult, timings: dict[str, float]) -> dict[str, Any]:
     """DONE fields for a generation that ran on node `name`."""
+    usage = {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens}
+    if outcome.cached_tokens:
+        usage["cached_tokens"] = outcome.cached_tokens
     return {
         "finish_reason": outcome.finish_reason,
-        "usage": {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens},
+        "usage": usage,
         "timings": timings,
         "executed_by": name,
         "executed_on": [name],

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import threading
 import time
+from typing import Literal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,7 +50,7 @@ from zmqllm.engines.llama_log import collect_load_errors, install_quiet_logging
 from zmqllm.engines.handoff import TokenHandoff
 from zmqllm.engines.llama_base import LlamaModelEngine
 from zmqllm.engines.llama_api import (
-    clear_memory, forget_sampler, import_llama_cpp, is_end_of_generation, tokenize_prompt, vocab_size,
+    clear_memory, forget_sampler, import_llama_cpp, is_end_of_generation, remove_from, tokenize_prompt, vocab_size,
 )
 from zmqllm.engines.llama_text import chat_renderer, check_fits
 from zmqllm.engines.sampling import Sampling, TokenText, parse_sampling
@@ -83,6 +84,14 @@ def check_gguf(path: Path) -> None:
 # --- the engine -----------------------------------------------------------------
 
 
+PrefixCache = Literal["exact", "longest", "off"]
+PREFIX_CACHE_MODES: tuple[PrefixCache, ...] = ("exact", "longest", "off")
+"""exact: reuse only whole prefill chunks a fresh run computes the same way (greedy output unchanged; pays for
+prompts sharing at least `batch` tokens: long system prompts, long chats); longest: reuse every shared token
+(more reuse, but the cells were computed in other batch shapes, so greedy text can differ from a fresh run's:
+measured on the bundled model); off: every prompt from scratch."""
+
+
 class LlamaEngine(LlamaModelEngine):
     """A llama-cpp-python model. Construct, then `await load()` (or use
     `await LlamaEngine.open(**settings)`), then `generate`, then `close`."""
@@ -102,6 +111,7 @@ class LlamaEngine(LlamaModelEngine):
         flash_attn: bool = False,
         chat_format: str | None = None,
         verbose: bool = False,
+        prefix_cache: PrefixCache = "exact",
     ) -> None:
         super().__init__(model=model, model_name=model_name, cache_dir=cache_dir, n_ctx=n_ctx, n_threads=n_threads,
                          n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
@@ -111,6 +121,11 @@ class LlamaEngine(LlamaModelEngine):
         self.last_ttft_s: float = 0.0  # worker start -> first token sampled
         self.last_prompt_tokens: int = 0
         self.last_completion_tokens: int = 0
+        self.prefix_cache: PrefixCache = prefix_cache
+        """What a prompt may reuse of the context's cached tokens (`PREFIX_CACHE_MODES`)."""
+        self._exact_upto = 0
+        """Leading context tokens computed exactly as a fresh run computes them: whole `n_batch` prefill chunks
+        from position 0. Reusing only these leaves a greedy answer bit for bit what a fresh run gives."""
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqllm-llama")
 
@@ -195,6 +210,7 @@ class LlamaEngine(LlamaModelEngine):
     def _reset(self) -> None:
         """Forget all KV state so the next prompt is evaluated from scratch."""
         llm = self._llm
+        self._exact_upto = 0
         llm.reset()
         clear_memory(llm)  # cells only: no 36 MB memset
 
@@ -221,11 +237,11 @@ class LlamaEngine(LlamaModelEngine):
                                 t_start, None, None)
 
         try:
-            self._reset()
+            cached = self._keep_prefix(prompt_tokens)
             # Prefill in the same n_batch chunks Llama.eval uses, checking cancel
             # between chunks; Llama.generate then finds the whole prompt cached
             # and samples straight away.
-            for i in range(0, n_prompt, llm.n_batch):
+            for i in range(cached, n_prompt, llm.n_batch):
                 if stopped():
                     self._reset()
                     return self._finish("cancelled", n_prompt, 0, t_start, None, None)
@@ -309,7 +325,31 @@ class LlamaEngine(LlamaModelEngine):
         rest = text.take_rest()
         if rest is not None:
             deliver(rest)
-        return self._finish(finish, n_prompt, n, t_start, t_first, t_last, n_sampled)
+        return self._finish(finish, n_prompt, n, t_start, t_first, t_last, n_sampled, cached)
+
+    def _keep_prefix(self, prompt_tokens: list[int]) -> int:
+        """Forget the context past what this prompt may reuse of it (`prefix_cache`); returns how many prompt
+        tokens stay cached. At least the prompt's last token is computed again, as Llama.generate wants its
+        logits fresh. Records how much of the context will be exact once the rest is prefilled."""
+        llm = self._llm
+        chunk = llm.n_batch
+        keep = 0
+        if self.prefix_cache != "off":
+            for cached, wanted in zip(llm.input_ids[: llm.n_tokens].tolist(), prompt_tokens[:-1]):
+                if cached != wanted:
+                    break
+                keep += 1
+        if self.prefix_cache == "exact":
+            keep = min(keep, self._exact_upto) // chunk * chunk
+        exact = min(keep, self._exact_upto) // chunk * chunk  # kept cells a fresh run computes the same way
+        if keep == 0:
+            self._reset()
+        else:
+            remove_from(llm, keep)
+            llm.n_tokens = keep
+        aligned = keep == exact  # the chunks prefilled next start where a fresh run's do
+        self._exact_upto = exact + ((len(prompt_tokens) - keep) // chunk * chunk if aligned else 0)
+        return keep
 
     def _finish(
         self,
@@ -320,6 +360,7 @@ class LlamaEngine(LlamaModelEngine):
         t_first: float | None,
         t_last: float | None,
         n_sampled: int = 0,
+        cached: int = 0,
     ) -> GenerationResult:
         self.last_prompt_tokens = n_prompt
         self.last_completion_tokens = n
@@ -329,7 +370,8 @@ class LlamaEngine(LlamaModelEngine):
             self.last_tok_s = (n_sampled - 1) / (t_last - t_first)
         else:
             self.last_tok_s = 0.0
-        return GenerationResult(finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=n)
+        return GenerationResult(finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=n,
+                                cached_tokens=cached)
 
     def _safe_reset(self) -> None:
         with contextlib.suppress(Exception):

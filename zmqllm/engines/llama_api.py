@@ -106,6 +106,14 @@ def clear_memory(llm: Any) -> None:
         llama_cpp.llama_memory_clear(memory, False)
 
 
+def remove_from(llm: Any, position: int) -> None:
+    """Drop the KV cells at `position` and after, every sequence (the prefix before stays cached)."""
+    llama_cpp = import_llama_cpp()
+    memory = llama_cpp.llama_get_memory(llm._ctx.ctx)
+    if memory is not None:
+        llama_cpp.llama_memory_seq_rm(memory, -1, position, -1)
+
+
 def forget_sampler(llm: Any) -> None:
     """Drop the sampler `Llama.generate` built, so the next generation builds its own from its parameters."""
     llm._sampler = None
@@ -240,5 +248,6 @@ class BatchContext:
 
 
 __all__ = ["BatchContext", "PENALTY_LAST_N", "SamplerChain", "clear_memory", "forget_sampler", "import_llama_cpp",
+           "remove_from",
            "is_end_of_generation", "model_handle", "replace_output_suppression", "route_logs", "tokenize_prompt",
            "vocab_size"]

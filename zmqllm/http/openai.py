@@ -181,11 +181,17 @@ class Framing:
         return sse(error.body())
 
 
-def usage_of(*usages: dict[str, Any]) -> dict[str, int]:
-    """Tasks' usage (CONTRACT: `done`) summed, with OpenAI's total."""
+def usage_of(*usages: dict[str, Any]) -> dict[str, Any]:
+    """Tasks' usage (CONTRACT: `done`) summed, with OpenAI's total and, where a cache held part of a prompt,
+    `prompt_tokens_details.cached_tokens`."""
     prompt = sum(int(usage.get("prompt_tokens", 0)) for usage in usages)
     completion = sum(int(usage.get("completion_tokens", 0)) for usage in usages)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(int(usage.get("cached_tokens", 0)) for usage in usages)
+    summed: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                              "total_tokens": prompt + completion}
+    if cached:
+        summed["prompt_tokens_details"] = {"cached_tokens": cached}
+    return summed
 
 
 def models_list(served: dict[str, list[str]]) -> dict[str, Any]:

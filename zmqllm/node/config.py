@@ -93,6 +93,7 @@ class NodeConfig:
     chat_format: str | None = None
     flash_attn: bool | None = None
     """None until `load_config` resolves it: on when llama batches (slots > 1)."""
+    prefix_cache: str = "exact"
     http: tuple[str, ...] = ()
     api_key: str | None = None
     """Comma-separated when there are several; never logged or shown."""
@@ -177,6 +178,10 @@ KEYS: dict[str, Key] = dict([
     _key("chat_format", str, "llama chat template name (default: from the model)", optional=True),
     _key("flash_attn", bool, "llama flash attention (default: on when slots > 1, as llama-server's 'auto' "
                              "picks on CPU and GPU; off for slots = 1, as llama-cpp-python)", optional=True),
+    _key("prefix_cache", str, "llama, slots = 1: what a prompt reuses of the cached prefix it shares with the last "
+                              "one: exact (whole batch-size chunks, greedy output unchanged), longest (every "
+                              "shared token; greedy text may differ from a fresh run's), off",
+         choices=("exact", "longest", "off")),
     _key("http", tuple, "HTTP gateway address HOST:PORT (OpenAI-compatible API; port 0 picks a free one)"),
     _key("api_key", str, "key(s) HTTP clients must send as 'Authorization: Bearer KEY'; comma-separated for "
                          "several", optional=True),

@@ -186,5 +186,5 @@ def build_engine(config: NodeConfig, cache_dir: Path) -> Engine:
             return BatchedLlamaEngine(slots=config.slots, **settings)
         from zmqllm.engines.llama import LlamaEngine
 
-        return LlamaEngine(**settings)
+        return LlamaEngine(**settings, prefix_cache=config.prefix_cache)
     raise ValueError(f"unknown engine {config.engine!r}")
