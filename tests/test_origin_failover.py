@@ -62,3 +62,79 @@ def test_a_greedy_llama_stream_survives_its_origin_with_the_uninterrupted_text(s
     assert [e["kind"] for e in events if e["type"] == "failover"] == ["origin"]
     assert "".join(t["text"] for t in tokens) == expected["text"] == events[-1]["text"]
     assert events[-1]["usage"]["completion_tokens"] == expected["usage"]["completion_tokens"]
+
+
+def test_a_client_moving_back_to_an_origin_it_left_continues_its_task(spawn):
+    """Fails on the code before this change: a (frozen, then thawed) saw its client gone and cancelled the task;
+    when the client came back to a (b froze in turn), a replayed that cancel: a `done` `cancelled` the user never
+    asked for, and the tokens after the first move were lost."""
+    import asyncio
+    import signal
+
+    from zmqllm.client import AsyncClient
+
+    a = spawn("a", "--echo-rate", "50", heartbeat=0.2)
+    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "50", heartbeat=0.2)
+    wait_until(lambda: alive_names(a) == {"a", "b"} and alive_names(b) == {"a", "b"}, 10, what="a and b meet")
+
+    async def run() -> list[dict]:
+        events = []
+        async with AsyncClient(a.endpoint, timeout=1.0) as client:
+            client.endpoints = [a.endpoint, b.endpoint]
+            async for event in client.submit("one two three", max_tokens=120):
+                events.append(event)
+                if event["type"] == "token" and event["seq"] == 10:
+                    a.proc.send_signal(signal.SIGSTOP)  # the origin freezes: the client leaves it for b
+                if event["type"] == "failover" and event["to"] == b.endpoint:
+                    a.proc.send_signal(signal.SIGCONT)  # a thaws and finds its client gone...
+                    await asyncio.sleep(0.5)
+                    b.proc.send_signal(signal.SIGSTOP)  # ...and the client must come back to it
+        return events
+
+    try:
+        events = asyncio.run(run())
+    finally:
+        for node in (a, b):
+            node.proc.send_signal(signal.SIGCONT)
+    tokens = [e for e in events if e["type"] == "token"]
+    assert [t["seq"] for t in tokens] == list(range(120)), [e for e in events if e["type"] != "token"]
+    assert "".join(t["text"] for t in tokens) == "one two three " * 40
+    assert [e["to"] for e in events if e["type"] == "failover"] == [b.endpoint, a.endpoint]
+    assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "length", events[-1]
+
+
+def test_a_client_coming_back_to_its_restarted_origin_continues_the_interrupted_task(spawn):
+    """Fails on the code before this change: the restarted a found the task `interrupted` in its journal and
+    replayed that error, although the client held 11 tokens and only wanted the rest."""
+    import asyncio
+    import signal
+
+    from zmqllm.client import AsyncClient
+
+    a = spawn("a", "--echo-rate", "50", heartbeat=0.2)
+    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "50", heartbeat=0.2)
+    wait_until(lambda: alive_names(a) == {"a", "b"} and alive_names(b) == {"a", "b"}, 10, what="a and b meet")
+    restarted: list[Daemon] = []
+
+    async def run() -> list[dict]:
+        events = []
+        async with AsyncClient(a.endpoint, timeout=1.0) as client:
+            client.endpoints = [a.endpoint, b.endpoint]
+            async for event in client.submit("one two three", max_tokens=120):
+                events.append(event)
+                if event["type"] == "token" and event["seq"] == 10 and not restarted:
+                    a.kill()  # the origin dies: the client moves to b
+                if event["type"] == "failover" and event["to"] == b.endpoint:
+                    restarted.append(spawn("a", "--echo-rate", "50", "--peer", b.endpoint, heartbeat=0.2,
+                                           bind=a.endpoint))
+                    b.proc.send_signal(signal.SIGSTOP)  # ...and the client must go back to the restarted a
+        return events
+
+    try:
+        events = asyncio.run(run())
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    tokens = [e for e in events if e["type"] == "token"]
+    assert [t["seq"] for t in tokens] == list(range(120)), [e for e in events if e["type"] != "token"]
+    assert "".join(t["text"] for t in tokens) == "one two three " * 40
+    assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "length", events[-1]

@@ -93,6 +93,9 @@ class OriginTask:
     told_to_stop: set[str] = field(default_factory=set)
     """Former executors sent a CANCEL because they kept streaming after a failover."""
     cancelling: bool = False
+    client_left: bool = False
+    """Cancelled because its last client went away, not because anyone asked: a client that comes back (a
+    resent SUBMIT, a client moving back to this origin) continues it instead of hearing a cancel."""
     """A CANCEL went to the executor: if the executor is lost before it answers, the task ends cancelled
     instead of moving to another node."""
     output_in_journal: bool = False

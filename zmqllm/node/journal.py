@@ -179,6 +179,13 @@ class Journal:
                                  "WHERE task_id = ?", (time.time(), json.dumps(error), task_id))
         return len(rows)
 
+    def forget(self, task_id: str) -> None:
+        """Drop one finished task (a client reopened it: it is journaled again as a new task)."""
+        self.writes += 1
+        with self._transaction():
+            self._db.execute("DELETE FROM segments WHERE task_id = ?", (task_id,))
+            self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+
     def prune(self, now: float | None = None) -> list[str]:
         """Delete finished tasks and runs beyond the retention (older than `keep_days`, and the oldest while
         the live data exceeds `max_mb`). Returns the task ids deleted. `now` is wall-clock seconds."""

@@ -67,9 +67,12 @@ class Origin:
             self.node.reply_error(client, "bad_request", problem, re=message.id, task_id=spec.task_id)
             return
         existing = self.tasks.get(spec.task_id) or self._from_journal(spec)
-        if existing is not None:
+        if existing is not None and not _reopens(existing):
             self._attach(client, existing, message.id)
             return
+        if existing is not None:  # it ended only for want of a client (or a crash here): its client is back
+            log.info("task %s: its client is back, continuing it after %d tokens", spec.task_id, start_seq)
+            self._forget(spec.task_id)
         task = OriginTask(spec, self.node.clock())
         task.resume_from(start_seq, message.get("resume_text") or "", resume_ids)  # its origin was lost
         problem = self._record(task)  # on disk before the client hears of it
@@ -542,7 +545,19 @@ class Origin:
             clients.remove(client)
             if task is not None and not task.finished and not clients:
                 log.info("task %s: its client is gone, cancelling", task_id)
+                task.client_left = True
                 self._cancel(task)
+
+    def _forget(self, task_id: str) -> None:
+        """Drop a finished task entirely (memory and journal), so its id can start again."""
+        self.tasks.pop(task_id, None)
+        self.clients.pop(task_id, None)
+        self.cancellers.pop(task_id, None)
+        if self.node.journal is not None:
+            try:
+                self.node.journal.forget(task_id)
+            except JOURNAL_ERRORS as exc:
+                log.error("task %s: cannot drop it from the journal %s: %s", task_id, self.node.journal.path, exc)
 
     def _forget_old(self) -> None:
         finished = [tid for tid, t in self.tasks.items() if t.finished]
@@ -551,3 +566,14 @@ class Origin:
             self.clients.pop(task_id, None)
             self.cancellers.pop(task_id, None)
 
+
+def _reopens(task: OriginTask) -> bool:
+    """A SUBMIT of a finished task replays its ending, unless that ending was not the task's own: cancelled only
+    because its client went away, or interrupted by this node's crash. Then the client (back, or moved here)
+    continues it."""
+    if not task.finished:
+        return False
+    if task.client_left:
+        return True
+    final = task.final or {}
+    return task.final_type == "ERROR" and str(final.get("message", "")).startswith("interrupted")
