@@ -287,15 +287,21 @@ def run_overhead(tokens: int, runs: int, threads: int, model: str = "bundled:gem
     }
 
 
-# -- failover: SIGKILL the executor mid-stream, time until the next token -------------------
+# -- failover: SIGKILL the executor (or the client's node) mid-stream, time until the next token ----------
 
-async def _killed_stream(origin: str, victim: subprocess.Popen[str], kill_at: int, freeze: bool) -> float:
-    """Seconds from SIGKILL (or, `freeze`, SIGSTOP) of the executor to the next token at the client."""
+async def _killed_stream(origin: str, victim: subprocess.Popen[str], peer: str, kill_at: int, freeze: bool) -> float:
+    """Seconds from SIGKILL (or, `freeze`, SIGSTOP) of the executor `peer` to the first token its successor
+    produced (tokens already on their way when it stopped do not count: only those after the `failover`)."""
     async with AsyncClient(origin, timeout=30) as client:
         killed = 0.0
-        async for event in client.submit("failover bench words", peer="b", max_tokens=kill_at + 200):
-            if event["type"] == "token":
-                if killed:
+        moved = False
+        async for event in client.submit("failover bench words", peer=peer, max_tokens=kill_at + 200):
+            if event["type"] == "failover":
+                if event["from"] != peer:
+                    raise RuntimeError(f"the stream moved off {event['from']}, not off the killed {peer}")
+                moved = True
+            elif event["type"] == "token":
+                if killed and moved:
                     if freeze:
                         victim.kill()  # a stopped process still dies
                         victim.wait()
@@ -313,15 +319,17 @@ async def _killed_stream(origin: str, victim: subprocess.Popen[str], kill_at: in
 
 
 def _failover_series(runs: int, heartbeat: float, freeze: bool) -> list[float]:
+    """Each run a fresh executor (a new name: the last one's may not be judged dead yet, and a live name is
+    refused to a newcomer) takes a stream pinned to it and is killed (or frozen) at token 10."""
     args = ("--echo-rate", "100", "--heartbeat-interval", str(heartbeat))
     delays = []
     with tempfile.TemporaryDirectory() as home, daemons(home) as start:
         _, a_endpoint = start("a", *args)
         start("c", "--peer", a_endpoint, *args)
-        for _ in range(runs):
-            b, _ = start("b", "--peer", a_endpoint, *args)
-            asyncio.run(_wait_for_peer(a_endpoint, "b"))
-            delays.append(asyncio.run(_killed_stream(a_endpoint, b, kill_at=10, freeze=freeze)))
+        for run in range(runs):
+            b, _ = start(f"b{run}", "--peer", a_endpoint, *args)
+            asyncio.run(_wait_for_peer(a_endpoint, f"b{run}"))
+            delays.append(asyncio.run(_killed_stream(a_endpoint, b, f"b{run}", kill_at=10, freeze=freeze)))
     return delays
 
 
@@ -343,3 +351,115 @@ def run_failover(runs: int, heartbeats: tuple[float, ...] = (0.5, 0.1), dead_aft
                          f"max {worst:.3f} s (median - bound: {median - bound:+.3f} s)")
     report["summary"] = "\n".join(lines)
     return report
+
+
+# -- origin failover: SIGKILL the node the client submitted to, time until the next token ------------------
+
+ORIGIN_FAILOVER_GOAL_S = 0.5
+"""Longest a client may wait for its next token after its node is SIGKILLed (median and max)."""
+_ORIGIN_PROMPT = "origin failover bench words"
+_ORIGIN_RATE = 100.0
+"""Echo tokens/s of the executor: a token every 10 ms, so a move shows plainly against the ordinary gap."""
+_ORIGIN_KILL_AT = 10
+_ORIGIN_TOKENS = 60
+_STREAM_BOUND_S = 30.0
+"""Longest one measured stream may take, the move included: past it the run fails, never hangs."""
+
+
+def expected_echo(prompt: str, tokens: int) -> str:
+    """The echo engine's whole text for `prompt` and `tokens` (CONTRACT: words cycled to max_tokens)."""
+    words = [word + " " for word in prompt.split()]
+    return "".join(words[i % len(words)] for i in range(tokens))
+
+
+def check_stream(events: list[dict[str, Any]], prompt: str, tokens: int) -> str | None:
+    """Why a finished echo stream is wrong (a token lost, twice or out of order; the wrong text; no single
+    done), or None when every token arrived once, in order."""
+    seqs = [e["seq"] for e in events if e["type"] == "token"]
+    endings = [e for e in events if e["type"] in ("done", "error")]
+    if len(endings) != 1 or events[-1] is not endings[0]:
+        return f"{len(endings)} endings (one done or error, last, expected)"
+    if endings[0]["type"] == "error":
+        return f"error {endings[0]['code']}: {endings[0]['message']}"
+    if seqs != list(range(tokens)):
+        return f"seqs {seqs[:3]}...{seqs[-3:]} ({len(seqs)} tokens), expected 0..{tokens - 1} once each, in order"
+    text = "".join(e["text"] for e in events if e["type"] == "token")
+    if text != expected_echo(prompt, tokens) or endings[0]["text"] != text:
+        return "the text differs from the uninterrupted echo"
+    return None
+
+
+async def _origin_killed_stream(origin: str, victim: subprocess.Popen[str]) -> tuple[float, float]:
+    """(seconds from SIGKILL of the client's node to the next token, median gap between tokens before it) for
+    one stream executed on "b"; RuntimeError when the stream is not whole or does not move off as one
+    `failover` of kind origin."""
+    events: list[dict[str, Any]] = []
+    stamps: list[float] = []
+    killed = resumed = 0.0
+    moved = False
+    async with AsyncClient(origin, timeout=5) as client, asyncio.timeout(_STREAM_BOUND_S):
+        async for event in client.submit(_ORIGIN_PROMPT, peer="b", max_tokens=_ORIGIN_TOKENS):
+            now = time.perf_counter()
+            events.append(event)
+            if event["type"] == "failover":
+                moved = True
+            elif event["type"] != "token":
+                continue
+            elif not killed:
+                stamps.append(now)
+                if event["seq"] == _ORIGIN_KILL_AT:
+                    killed = time.perf_counter()
+                    victim.kill()
+                    victim.wait()
+            elif moved and not resumed:  # a token already on its way when the node died does not count
+                resumed = now
+    problem = check_stream(events, _ORIGIN_PROMPT, _ORIGIN_TOKENS)
+    moves = [e.get("kind") for e in events if e["type"] == "failover"]
+    if problem is None and moves != ["origin"]:
+        problem = f"failover events {moves}, expected one of kind origin"
+    if problem is not None or not resumed:
+        raise RuntimeError(f"origin failover: {problem or 'no token after the kill'}")
+    gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    return resumed - killed, statistics.median(gaps)
+
+
+def _origin_failover_series(runs: int, heartbeat: float) -> tuple[list[float], list[float]]:
+    """Each run a fresh origin joins b and c, takes a stream pinned to b, and is SIGKILLed at token
+    `_ORIGIN_KILL_AT`: (delays, ordinary token gaps)."""
+    args = ("--echo-rate", f"{_ORIGIN_RATE:g}", "--heartbeat-interval", str(heartbeat))
+    delays, gaps = [], []
+    with tempfile.TemporaryDirectory() as home, daemons(home) as start:
+        _, b_endpoint = start("b", *args)
+        start("c", "--peer", b_endpoint, *args)
+        for run in range(runs):
+            origin, endpoint = start(f"a{run}", "--peer", b_endpoint, *args)
+            asyncio.run(_wait_for_peer(endpoint, "b"))
+            asyncio.run(_wait_for_peer(endpoint, "c"))
+            delay, gap = asyncio.run(_origin_killed_stream(endpoint, origin))
+            delays.append(delay)
+            gaps.append(gap)
+    return delays, gaps
+
+
+def run_origin_failover(runs: int, heartbeat: float = 0.5) -> dict[str, Any]:
+    """Time from the SIGKILL of the node a client submitted to (not the executor) to the next token at the
+    client, which must move to another node by itself; against the goal, and as a multiple of the ordinary
+    gap between two tokens of the same streams."""
+    delays, gaps = _origin_failover_series(runs, heartbeat)
+    median, worst, gap = statistics.median(delays), max(delays), statistics.median(gaps)
+    ratio = median / gap
+    met = median <= ORIGIN_FAILOVER_GOAL_S and worst <= ORIGIN_FAILOVER_GOAL_S
+    settings = {"kill": "origin", "runs": runs, "heartbeat_interval": heartbeat, "echo_rate": _ORIGIN_RATE,
+                "tokens": _ORIGIN_TOKENS, "kill_at_seq": _ORIGIN_KILL_AT, "executor": "b (pinned)"}
+    figures = {"median_s": round(median, 3), "max_s": round(worst, 3), "delays_s": [round(d, 3) for d in delays],
+               "token_gap_s": round(gap, 4), "streams_whole": runs}
+    summary = (f"failover --kill origin, {runs} runs: the client's node SIGKILLed at token {_ORIGIN_KILL_AT} of "
+               f"{_ORIGIN_TOKENS} (executor b, echo {_ORIGIN_RATE:g} tok/s) -> next token at the client\n"
+               f"  delay: median {median:.3f} s, max {worst:.3f} s  (goal <= {ORIGIN_FAILOVER_GOAL_S:g} s: "
+               f"{'met' if met else 'NOT met'})\n"
+               f"  ratio delay/ordinary token gap: {ratio:.1f}  (baseline: median gap {gap * 1000:.1f} ms, "
+               f"same streams)\n"
+               f"  every stream whole: each token once, in order, the uninterrupted text, one origin failover")
+    return {"bench": "failover", "name": "failover", "settings": settings, "figures": figures,
+            "ratio": round(ratio, 2), "goal": {"median_s": ORIGIN_FAILOVER_GOAL_S, "max_s": ORIGIN_FAILOVER_GOAL_S},
+            "met": met, "summary": summary}
