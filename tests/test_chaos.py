@@ -159,6 +159,8 @@ def test_the_mesh_survives_chaos_with_every_stream_whole(zmqllm_env):
     assert f["endings"]["exactly_once"] == f["tasks"]["submitted"], context
     assert f["processes"]["leaked"] == [] and f["processes"]["reaped"] == f["processes"]["started"], context
     assert f["failovers"]["origin"] + f["failovers"]["executor"] > 0, context
+    runs = f["runs"]  # workflow runs through the same faults: each ended once, none finished by two nodes
+    assert runs["submitted"] >= 5 and runs["done"] >= 1 and runs["violations"] == 0, json.dumps(runs)
     assert report["met"] and proc.returncode == 0, context
 
 
@@ -188,3 +190,26 @@ def test_ctrl_c_stops_the_chaos_and_reaps_every_daemon(zmqllm_env):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_run_is_judged_by_its_one_ending_its_output_and_its_steps() -> None:
+    from zmqllm.bench.chaos_runs import RunRecord, check_run, expected_output, finished_once
+
+    def done(output: str, keys: list[str]) -> dict:
+        return {"type": "done", "output": output, "tasks": [{"key": key} for key in keys]}
+
+    good = RunRecord("r", "kilo lima mike", "n0", 0.0, [{"type": "run"}, done(expected_output("kilo lima mike"),
+                                                                               ["first", "second"])])
+    assert check_run(good) == ""
+    twice = RunRecord("r", "kilo", "n0", 0.0, [{"type": "run"}, done(expected_output("kilo"),
+                                                                     ["first", "second", "second"])])
+    assert "step outputs" in check_run(twice)
+    wrong = RunRecord("r", "kilo", "n0", 0.0, [done("something else", ["first", "second"])])
+    assert "output" in check_run(wrong)
+    two_ends = RunRecord("r", "kilo", "n0", 0.0, [{"type": "error", "code": "x"}, done("", [])])
+    assert "endings" in check_run(two_ends)
+    failed = RunRecord("r", "kilo", "n0", 0.0, [{"type": "error", "code": "run_unknown"}])
+    assert check_run(failed) == ""  # a failure with its reason, not a violation
+    rows = {"n0": [{"run_id": "r", "state": "done"}], "n3": [{"run_id": "r", "state": "done"}],
+            "n1": [{"run_id": "s", "state": "done"}, {"run_id": "r", "state": "adopted"}]}
+    assert finished_once(rows, ["r", "s"]) == {"r": ["n0", "n3"]}

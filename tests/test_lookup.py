@@ -69,3 +69,12 @@ def test_runs_across_the_mesh_show_each_run_once_as_its_orchestrator_tells_it() 
     ]
     merged = merge_run_rows(rows)
     assert [(r["run_id"], r["state"]) for r in merged] == [("r3", "running"), ("r1", "done"), ("r2", "replica")]
+
+
+def test_a_run_offered_under_an_old_epoch_is_superseded_by_a_newer_or_finished_holder() -> None:
+    lookup = Lookup("run", "r1", frozenset({"b", "c"}))
+    lookup.answer("b", "going", 1)
+    assert lookup.supersedes(2) is None  # an older owner going elsewhere does not fence an adopter
+    assert lookup.supersedes(1) == "b"
+    lookup.answer("c", "finished")
+    assert lookup.supersedes(5) == "c"  # a finished run is never finished again

@@ -178,9 +178,10 @@ def test_a_partitioned_orchestrator_does_not_finish_a_run_its_holder_adopted(hos
         _ip("-n", switch, "link", "set", f"{tag}as", "up")  # heal
         for line in client.stdout:
             events.append(json.loads(line))
-        assert client.wait(30) != 0  # a's client hears that the run moved, not a second ending
-        assert events[-1]["type"] == "error" and f"adopted by {adopted['orchestrator']}" in events[-1]["message"]
-        assert not [e for e in events if e["type"] == "done"]
+        assert client.wait(30) == 0  # a's client hears that the run moved, and follows it to the adopter's end
+        moves = [e for e in events if e["type"] == "failover"]
+        assert moves and moves[-1]["kind"] == "orchestrator" and "adopted by" in moves[-1]["reason"], events[-3:]
+        assert events[-1]["type"] == "done" and [t["key"] for t in events[-1]["tasks"]] == ["first", "second"]
         rows_a = wait_until(lambda: [r for r in _runs(zmqllm_env, f"{tag}-a", endpoints["a"])
                                      if r["run_id"] == "split" and r["state"] == "adopted"], 10, interval=0.2,
                             what="a to record the run as adopted")

@@ -9,7 +9,9 @@ order, the uninterrupted text, exactly one ending, and no daemon process left be
 reason (no node answered it) is counted, not a violation.
 
 The schedule and the checks are pure functions (`plan_faults`, `check_task`, `summarize`); the rest drives
-processes and clients. Not covered yet: network partitions, workflow runs.
+processes and clients. Workflow runs go on meanwhile (bench/chaos_runs.py): each must end once with the echo's
+output, and no run may be finished by two nodes. Not covered yet: network partitions (tests/test_netns.py has
+the partitioned orchestrator).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from zmqllm.bench import chaos_runs
 from zmqllm.bench.mesh import expected_echo
 from zmqllm.client import AsyncClient, MeshUnreachable
 
@@ -64,6 +67,8 @@ class ChaosSettings:
     """Seconds of faults (the calm phase comes before them)."""
     seed: int = 0
     clients: int = 4
+    run_clients: int = 1
+    """Clients following workflow runs, one run after another, besides the `clients` streaming tasks."""
     fault_every: tuple[float, float] = (1.0, 3.0)
     stop_for: tuple[float, float] = (1.0, 3.0)
     heartbeat_s: float = 0.5
@@ -74,6 +79,7 @@ class ChaosSettings:
 
     def as_json(self) -> dict[str, Any]:
         return {"nodes": self.nodes, "duration_s": self.duration_s, "seed": self.seed, "clients": self.clients,
+                "run_clients": self.run_clients,
                 "fault_every_s": list(self.fault_every), "stop_for_s": list(self.stop_for),
                 "heartbeat_interval_s": self.heartbeat_s, "calm_s": self.calm_s, "echo_rate": self.echo_rate,
                 "max_tokens": list(self.tokens), "client_timeout_s": self.client_timeout_s,
@@ -599,6 +605,7 @@ class Outcome:
     planned: int
     rss_kb: dict[str, dict[str, int | None]]
     names: dict[str, str]
+    runs: dict[str, Any] = field(default_factory=dict)
 
 
 async def drive(mesh: ChaosMesh, settings: ChaosSettings, progress: Progress) -> Outcome:
@@ -619,6 +626,10 @@ async def drive(mesh: ChaosMesh, settings: ChaosSettings, progress: Progress) ->
     async with asyncio.TaskGroup() as group:
         clients = [group.create_task(client_loop(mesh, settings, random.Random(f"{settings.seed}/{i}"), records,
                                                  ending)) for i in range(settings.clients)]
+        run_records: list[chaos_runs.RunRecord] = []
+        runners = [group.create_task(chaos_runs.run_client_loop(
+            mesh.serving, settings.client_timeout_s, TASK_BOUND_S, random.Random(f"{settings.seed}/run{i}"),
+            run_records, ending, WORDS)) for i in range(settings.run_clients)]
         reporter = group.create_task(report_progress(records, mesh, started, progress))
         await asyncio.sleep(settings.calm_s)
         calm_end = time.monotonic()
@@ -627,11 +638,15 @@ async def drive(mesh: ChaosMesh, settings: ChaosSettings, progress: Progress) ->
         await inject(plan, mesh, log, calm_end + settings.duration_s, progress)
         ending.set()
         progress("faults over: waiting for the last tasks to end")
-        await asyncio.gather(*clients)
+        await asyncio.gather(*clients, *runners)
         reporter.cancel()
+    up = [node for node in mesh.nodes.values() if node.running and not node.stopped]
+    split = chaos_runs.finished_once(await chaos_runs.runs_by_node(up, READY_TIMEOUT_S / 10),
+                                     [r.run_id for r in run_records])
     rss = {name: {"start_kb": rss_start[name], "end_kb": node.rss_kb()} for name, node in mesh.nodes.items()
            if node.starts == 1 and node.running}
-    return Outcome(records, calm_end, log.rows, len(plan), rss, {n.endpoint: n.name for n in mesh.nodes.values()})
+    return Outcome(records, calm_end, log.rows, len(plan), rss, {n.endpoint: n.name for n in mesh.nodes.values()},
+                   chaos_runs.summarize_runs(run_records, split, len(up)))
 
 
 def run_chaos(settings: ChaosSettings, progress: Progress = lambda line: None) -> dict[str, Any]:
@@ -664,9 +679,9 @@ def build_report(settings: ChaosSettings, outcome: Outcome, processes: dict[str,
                          for name, kb in outcome.rss_kb.items() if kb["start_kb"] and kb["end_kb"]}
     figures["daemon_errors"] = daemon_errors
     figures["partition"] = "not run"
-    figures["runs"] = "not yet"
+    figures["runs"] = outcome.runs
     figures["timeline"] = outcome.timeline
-    met = figures["violations"] == 0 and not processes["leaked"]
+    met = figures["violations"] == 0 and not processes["leaked"] and not outcome.runs.get("violations")
     report = {"bench": "chaos", "name": "chaos", "settings": settings.as_json(), "figures": figures,
               "ratio": figures["latency"]["ratio_p50"], "goal": {"violations": 0, "leaked_processes": 0},
               "met": met}
@@ -690,7 +705,11 @@ def summary(report: dict[str, Any]) -> str:
         f"  tasks: {tasks['submitted']} submitted, {tasks['done']} done, {tasks['failed']} failed"
         + (f" ({reasons})" if reasons else ""),
         f"  faults: {f['faults']['injected']} injected ({kinds}), {f['faults']['skipped']} skipped; "
-        f"partition: {f['partition']}; workflow runs: {f['runs']}",
+        f"partition: {f['partition']}",
+        f"  workflow runs: {f['runs'].get('submitted', 0)} submitted, {f['runs'].get('done', 0)} done, "
+        f"{f['runs'].get('failed', 0)} failed {f['runs'].get('failed_by_reason') or ''}; client moves "
+        f"{f['runs'].get('client_moves', 0)}, adoptions seen {f['runs'].get('adoptions_seen', 0)}; violations "
+        f"{f['runs'].get('violations', 0)} (finished by several nodes: {f['runs'].get('finished_by_several_nodes')})",
         f"  failovers: origin {f['failovers']['origin']}, executor {f['failovers']['executor']}",
         f"  invariants: lost {tokens['lost']}, duplicated {tokens['duplicated']}, reordered {tokens['reordered']}, "
         f"mismatched tasks {tokens['mismatched_tasks']} (of {tokens['received']} tokens); ended exactly once "
@@ -704,6 +723,7 @@ def summary(report: dict[str, Any]) -> str:
         f"  daemon error lines: {f['daemon_errors']['lines']}",
     ]
     lines += [f"  failed ({why}), e.g.: {text}" for why, text in tasks["failure_samples"].items()]
+    lines += [f"  run violation: {v['run_id']}: {v['why']}" for v in f["runs"].get("violation_samples", [])]
     for v in f["violation_samples"]:
         broken = ", ".join(f"{key} {v[key]}" for key in ("lost", "duplicated", "reordered", "mismatched", "endings")
                            if v[key] and (key != "endings" or v[key] != 1))

@@ -41,6 +41,8 @@ from zmqllm.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliErro
 @click.option("--seed", type=int, default=None, help="chaos: seed of the fault schedule [default: random, printed]")
 @click.option("--clients", type=click.IntRange(min=1), default=4, show_default=True,
               help="chaos: concurrent clients, each submitting tasks one after another")
+@click.option("--run-clients", type=click.IntRange(min=0), default=1, show_default=True,
+              help="chaos: clients following two-step workflow runs, one after another")
 @click.option("--fault-every", metavar="MIN-MAX", default="1-3", show_default=True,
               help="chaos: seconds between two faults, drawn in this range")
 @click.option("--heartbeat", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
@@ -48,8 +50,8 @@ from zmqllm.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliErro
 @click.option("--json", "as_json", is_flag=True)
 def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, llama_server: str | None,
           gpu_layers: int, no_build: bool, quick: bool, echo_only: bool, kill: str, nodes: int, duration: float,
-          calm: float | None, seed: int | None, clients: int, fault_every: str, heartbeat: float,
-          as_json: bool) -> None:
+          calm: float | None, seed: int | None, clients: int, run_clients: int, fault_every: str,
+          heartbeat: float, as_json: bool) -> None:
     """Measure the mesh against a raw baseline in the same run; prints ratios.
 
     \b
@@ -89,8 +91,9 @@ def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, 
                no token lost, duplicated or reordered, the exact echo text,
                one ending each, no daemon process left; plus failovers by
                kind, daemon RSS, and latency under faults / calm (the ratio).
-               Exit 1 when an invariant is broken. Not yet: partitions,
-               workflow runs.
+               Workflow runs go on meanwhile (--run-clients): each ends
+               once with the echo's output, none is finished by two nodes.
+               Exit 1 when an invariant is broken. Not yet: partitions.
 
     \b
     Examples:
@@ -108,7 +111,7 @@ def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, 
         elif what == "failover":
             report = _run_failover(kill, runs)
         elif what == "chaos":
-            report = _run_chaos(nodes, duration, calm, seed, clients, fault_every, heartbeat)
+            report = _run_chaos(nodes, duration, calm, seed, clients, run_clients, fault_every, heartbeat)
         elif what == "concurrency":
             from zmqllm.bench import concurrency as concurrency_bench
 
@@ -139,6 +142,7 @@ def bench(what: str, tokens: int | None, runs: int | None, threads: int | None, 
         sys.exit(EXIT_FAILED)
     if what == "chaos" and not report["met"]:
         click.echo(f"bench: chaos: invariants broken: {report['figures']['violations']} tasks, "
+                   f"{report['figures']['runs'].get('violations', 0)} runs, "
                    f"{len(report['figures']['processes']['leaked'])} processes left", err=True)
         sys.exit(EXIT_FAILED)
 
@@ -156,8 +160,8 @@ def _run_failover(kill: str, runs: int | None) -> dict:
         raise CliError(f"bench failover --kill {kill} could not run: {exc or type(exc).__name__}") from None
 
 
-def _run_chaos(nodes: int, duration: float, calm: float | None, seed: int | None, clients: int, fault_every: str,
-               heartbeat: float) -> dict:
+def _run_chaos(nodes: int, duration: float, calm: float | None, seed: int | None, clients: int, run_clients: int,
+               fault_every: str, heartbeat: float) -> dict:
     """`bench chaos`, its progress on stderr; one line and exit 1 when the mesh cannot start."""
     import random
 
@@ -169,7 +173,8 @@ def _run_chaos(nodes: int, duration: float, calm: float | None, seed: int | None
     except ValueError as exc:
         raise CliError(f"--fault-every: {exc}", exit_code=EXIT_USAGE) from None
     settings = chaos.ChaosSettings(nodes=nodes, duration_s=duration, seed=random.randrange(2**31) if seed is None
-                                   else seed, clients=clients, fault_every=every, heartbeat_s=heartbeat,
+                                   else seed, clients=clients, run_clients=run_clients, fault_every=every,
+                                   heartbeat_s=heartbeat,
                                    calm_s=calm if calm is not None else chaos.default_calm_s(duration))
     try:
         return chaos.run_chaos(settings, progress=lambda line: click.echo(f"bench: chaos: {line}", err=True))

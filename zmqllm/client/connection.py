@@ -346,18 +346,28 @@ class AsyncClient:
         ref = next(self._ids)
         self._stream_refs[ref] = stream  # an ERROR answering the RUN (bad spec, unknown run) ends this stream
         began = False
+        follows = 0  # times this stream attached again after its run moved (bounded)
         try:
             self._send("RUN", ref, run_id=run_id, spec=spec, source=source, input=input,
                        resume=resume or None, attach=attach or None)
             connection = self._connection
             self._learn_endpoints()
             while True:
+                moved: str | None = None
                 try:
                     reply = await self._next_for_task(stream)
                 except MeshUnreachable as exc:
                     lost = self.endpoint
                     if not began or self._refused or not await self._move_off(connection):
                         raise
+                    moved = str(exc)
+                else:
+                    lost = self.endpoint
+                    moved = _run_moved(reply) if began and follows < MAX_RUN_FOLLOWS else None
+                    if moved is not None:
+                        follows += 1
+                        await asyncio.sleep(RUN_FOLLOW_WAIT_S)  # an adoption in progress settles
+                if moved is not None:
                     stream.messages.clear()
                     self._stream_refs.pop(ref, None)
                     ref = next(self._ids)
@@ -365,7 +375,7 @@ class AsyncClient:
                     self._send("RUN", ref, run_id=run_id, attach=True)
                     connection = self._connection
                     yield {"type": "failover", "kind": "orchestrator", "run_id": run_id, "from": lost,
-                           "to": self.endpoint, "reason": str(exc)}
+                           "to": self.endpoint, "reason": moved}
                     continue
                 if reply.type == "ERROR":
                     raise RequestFailed(reply["code"], reply["message"])
@@ -457,6 +467,26 @@ class AsyncClient:
             future = self._pending.get(message.re) if message.re is not None else None
             if future is not None and not future.done():
                 future.set_result(message)
+
+
+MAX_RUN_FOLLOWS = 8
+"""Times one run stream attaches again because its run moved (another node adopted it, or it was not found for a
+moment while an adoption was under way) before it gives up with the last answer."""
+RUN_FOLLOW_WAIT_S = 0.5
+
+
+def _run_moved(reply: Message) -> str | None:
+    """Why a run stream should attach again instead of ending: its run moved to another node (the old owner or a
+    replica's holder says so), the node forwarding to the run's holder lost it, or the run is not found while an
+    adoption is under way. None for a real ending."""
+    if reply.type == "ERROR":
+        if reply["code"] == "run_unknown" or (reply["code"] == "peer_dead" and reply["retryable"]):
+            return f"{reply['code']}: {reply['message']}"
+        return None
+    event = reply["event"]
+    if event.get("type") == "error" and event.get("code") == "run_moved":
+        return str(event.get("message"))
+    return None
 
 
 class Client:

@@ -34,13 +34,26 @@ class Lookup:
     asked: frozenset[str]
     answers: dict[str, str | None] = field(default_factory=dict)
     """node id → what it holds (None: nothing), from the nodes that answered."""
+    epochs: dict[str, int] = field(default_factory=dict)
+    """node id → the epoch of the run it holds, where it said (runs only)."""
 
-    def answer(self, node_id: str, holding: str | None) -> bool:
+    def answer(self, node_id: str, holding: str | None, epoch: int | None = None) -> bool:
         """Record one node's answer; False if that node was not asked (a stray or forged FOUND)."""
         if node_id not in self.asked:
             return False
         self.answers[node_id] = holding if rank(holding) else None
+        if epoch is not None:
+            self.epochs[node_id] = epoch
         return True
+
+    def supersedes(self, epoch: int) -> str | None:
+        """A node that makes a run's `epoch` stale: one with it going under an epoch as high or higher, or one
+        that finished it (a finished run is never finished again). None when there is none."""
+        for node_id in sorted(self.answers):
+            holding = self.answers[node_id]
+            if holding == "finished" or (holding == "going" and self.epochs.get(node_id, 0) >= epoch):
+                return node_id
+        return None
 
     def give_up_on(self, node_id: str) -> None:
         """A peer asked is gone: it will not answer."""

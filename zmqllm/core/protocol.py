@@ -161,7 +161,7 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     "CANCEL": {"task_id": STR, "local": BOOL + _OPTIONAL},
     # any node answers for any task (node → peer, and the peer's answer on the same link)
     "LOOKUP": {"kind": STR, "key": STR},
-    "FOUND": {"kind": STR, "key": STR, "has": BOOL, "state": STR + _OPTIONAL},
+    "FOUND": {"kind": STR, "key": STR, "has": BOOL, "state": STR + _OPTIONAL, "epoch": INT + _OPTIONAL},
     # dashboards
     "SUBSCRIBE": {},
     "UNSUBSCRIBE": {},

@@ -81,7 +81,8 @@ class Forwarder:
 
     def __init__(self, node: ForwardHost) -> None:
         self.node = node
-        self.searches: dict[tuple[Kind, str], _Search] = {}
+        self.searches: dict[tuple[Kind, str, str], _Search] = {}
+        """By (kind, key, the node left out of the asking: "" for none)."""
         self.proxies: dict[bytes, _Proxy] = {}
         self._ids = itertools.count(1)
 
@@ -97,48 +98,50 @@ class Forwarder:
             self.node.reply_error(client, "busy", f"{self.node.settings.name} is looking for {MAX_LOOKUPS} ids "
                                   "already", re=message.id, retryable=True)
 
-    def search(self, kind: Kind, key: str, settled: Settled) -> None:
-        """Ask the live peers what they hold of `key`; `settled` gets the weighed answers (also when no peer
-        is there to ask, or the lookup limit is reached: then with no answers)."""
-        if not self._join(kind, key, settled):
+    def search(self, kind: Kind, key: str, settled: Settled, leave_out: str = "") -> None:
+        """Ask the live peers (but `leave_out`) what they hold of `key`; `settled` gets the weighed answers
+        (also when no peer is there to ask, or the lookup limit is reached: then with no answers)."""
+        if not self._join(kind, key, settled, leave_out):
             settled(Lookup(kind, key, frozenset()))
 
-    def _join(self, kind: Kind, key: str, waiter: _Waiter | Settled) -> bool:
+    def _join(self, kind: Kind, key: str, waiter: _Waiter | Settled, leave_out: str = "") -> bool:
         """Add a waiter to the lookup for `key`, starting one if none is going. False at the limit."""
         node = self.node
-        search = self.searches.get((kind, key))
+        search = self.searches.get((kind, key, leave_out))
         if search is None:
             peers = node.table.live_peers() if node.table is not None else []
-            asked = frozenset(peer.node_id for peer in peers if node.link_for(peer.node_id))
+            asked = frozenset(peer.node_id for peer in peers
+                              if peer.node_id != leave_out and node.link_for(peer.node_id))
             if asked and len(self.searches) >= MAX_LOOKUPS:
                 return False
-            timer = asyncio.get_running_loop().call_later(LOOKUP_TIMEOUT_S, self._settle, kind, key)
-            search = self.searches[(kind, key)] = _Search(Lookup(kind, key, asked), timer)
+            timer = asyncio.get_running_loop().call_later(LOOKUP_TIMEOUT_S, self._settle, kind, key, leave_out)
+            search = self.searches[(kind, key, leave_out)] = _Search(Lookup(kind, key, asked), timer)
             for node_id in asked:
                 if node.send_to_peer(node_id, "LOOKUP", kind=kind, key=key) is not Sent.OK:
                     search.lookup.give_up_on(node_id)
         search.waiters.append(waiter)
         if search.lookup.settled():
-            self._settle(kind, key)
+            self._settle(kind, key, leave_out)
         return True
 
     def on_found(self, message: Message) -> None:
         """A peer's answer (on this node's link to it, so `src` is that peer)."""
         kind, key = message["kind"], message["key"]
-        search = self.searches.get((kind, key)) if kind in KINDS else None
-        if search is None:
-            return  # late: the lookup settled already
-        search.lookup.answer(message.src, message["state"] if message["has"] else None)
-        if search.lookup.settled():
-            self._settle(kind, key)
+        if kind not in KINDS:
+            return
+        for (k, name, leave_out), search in list(self.searches.items()):  # a plain and a fencing lookup may share it
+            if k == kind and name == key and search.lookup.answer(message.src, message["state"] if message["has"]
+                                                                  else None, message.get("epoch")):
+                if search.lookup.settled():
+                    self._settle(kind, key, leave_out)
 
     def peer_lost(self, node_id: str) -> None:
         """A peer died or left: it answers no lookup, and requests forwarded to it end (retryable)."""
-        for kind, key in list(self.searches):
-            search = self.searches[(kind, key)]
+        for kind, key, leave_out in list(self.searches):
+            search = self.searches[(kind, key, leave_out)]
             search.lookup.give_up_on(node_id)
             if search.lookup.settled():
-                self._settle(kind, key)
+                self._settle(kind, key, leave_out)
         for proxy in [p for p in self.proxies.values() if p.holder == node_id]:
             self._fail(proxy, "the node holding it was lost")
 
@@ -156,8 +159,8 @@ class Forwarder:
         for proxy in list(self.proxies.values()):
             self._close(proxy)
 
-    def _settle(self, kind: Kind, key: str) -> None:
-        search = self.searches.pop((kind, key), None)
+    def _settle(self, kind: Kind, key: str, leave_out: str = "") -> None:
+        search = self.searches.pop((kind, key, leave_out), None)
         if search is None:
             return
         search.timer.cancel()

@@ -635,7 +635,9 @@ class Node:
         kind, key = message["kind"], message["key"]
         holding = (self.origin.holding(key) if kind == "task" else
                    self.orchestrator.holding(key) if kind == "run" else None)
-        self.reply(identity, "FOUND", re=message.id, kind=kind, key=key, has=holding is not None, state=holding)
+        epoch = self.orchestrator.epoch_of(key) if kind == "run" and holding is not None else None
+        self.reply(identity, "FOUND", re=message.id, kind=kind, key=key, has=holding is not None, state=holding,
+                   epoch=epoch)
 
     def on_assign(self, identity: bytes, message: Message, is_peer: bool) -> None:
         self.remote.on_assign(identity, message)

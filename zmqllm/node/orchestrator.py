@@ -105,6 +105,13 @@ class Orchestrator:
         return {"running": "going", "interrupted": "interrupted", "adopted": "interrupted"}.get(saved["state"],
                                                                                               "finished")
 
+    def epoch_of(self, run_id: str) -> int | None:
+        """The epoch of the run as this node holds it (its own job's, or its replica's); None if unknown."""
+        job = self.jobs.get(run_id)
+        if job is not None:
+            return job.epoch
+        return self.replication.store.epoch_of(run_id) or None
+
     def client_failed(self, client: bytes) -> None:
         """A watcher went away or stopped reading: it gets no more events; its runs go on."""
         for job in self.jobs.values():
@@ -390,7 +397,7 @@ class Orchestrator:
         log.warning("run %s was adopted by %s while this node was cut off: stopping it here", job.run_id, owner)
         for step in list(job.running.values()):
             self.node.origin.cancel(step.task_id)
-        event = {"type": "error", "run_id": job.run_id, "code": "peer_dead", "retryable": True,
+        event = {"type": "error", "run_id": job.run_id, "code": "run_moved", "retryable": True,
                  "message": f"run {job.run_id} was adopted by {owner} while {self.node.settings.name} was cut off "
                             f"from the mesh: zmqllm run --attach {job.run_id}"}
         if self.node.journal is not None:

@@ -66,6 +66,9 @@ class Replication:
         self.runs = runs
         self.store = ReplicaStore()
         self.detached: dict[str, _Detached] = {}
+        self.checking: dict[str, list[tuple[bytes, Message]]] = {}
+        """Runs whose `start` this node checks with the mesh before holding them, and the records that came
+        meanwhile (answered, in order, once the check is done)."""
 
     # -- detached tasks ---------------------------------------------------------------------
 
@@ -184,6 +187,36 @@ class Replication:
         """A record of a run a peer owns. A run this node owns under a higher epoch answers `stale`; one it owns
         under a lower epoch (it was cut off while another adopted it) is stopped here first."""
         run_id, epoch, kind = message["run_id"], message["epoch"], message["kind"]
+        if run_id in self.checking:
+            self.checking[run_id].append((identity, message))
+            return
+        if (kind == "start" and run_id not in self.store.replicas and run_id not in self.runs.jobs
+                and self.node.table is not None and self.node.forwarder is not None):
+            # a run this node never heard of: ask the mesh first whether it was adopted or finished elsewhere (a
+            # cut-off owner choosing a new holder must not find one that knows no better, and finish it twice)
+            self.checking[run_id] = [(identity, message)]
+            self.node.forwarder.search("run", run_id, lambda lookup: self._checked(run_id, lookup),
+                                       leave_out=message.src)
+            return
+        self._take(identity, message)
+
+    def _checked(self, run_id: str, lookup: Lookup) -> None:
+        """The mesh answered about a run offered to this node: hold it, or answer every record stale."""
+        waiting = self.checking.pop(run_id, [])
+        first = waiting[0][1] if waiting else None
+        newer = lookup.supersedes(first["epoch"]) if first is not None else None
+        for identity, message in waiting:
+            if newer is not None:
+                peer = self.node.table.get(newer) if self.node.table is not None else None
+                log.warning("run %s offered by %s (epoch %d) is held by %s: answering stale", run_id, message.src,
+                            message["epoch"], peer.name if peer is not None else newer)
+                self._answer(identity, message, ok=False, stale=True, owner=peer.name if peer is not None else newer)
+            else:
+                self._take(identity, message)
+
+    def _take(self, identity: bytes, message: Message) -> None:
+        """Apply one record to the replicas held here and answer it."""
+        run_id, epoch, kind = message["run_id"], message["epoch"], message["kind"]
         peer = self.node.table.get(message.src) if self.node.table is not None else None
         owner_name = peer.name if peer is not None else message.src
         mine = self.runs.jobs.get(run_id)
@@ -206,7 +239,7 @@ class Replication:
                 held.watchers.clear()
             for client in waiting:
                 self.node.reply(client, "RUN_EVENT", final=True, run_id=run_id, event={
-                    "type": "error", "run_id": run_id, "code": "peer_dead", "retryable": True,
+                    "type": "error", "run_id": run_id, "code": "run_moved", "retryable": True,
                     "message": f"run {run_id} is orchestrated by {owner_name}, which is back: "
                                f"zmqllm run --attach {run_id}"})
 
