@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from zmqllm.bench.chaos_runs import two_steps  # noqa: F401  (the tests' two-step workflow)
+
 from zmqllm.client import Client
 
 READY_TIMEOUT_S = 60.0
@@ -229,23 +231,6 @@ async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
-
-
-def two_steps(second_tokens: int, defaults: str = "") -> str:
-    """A workflow of two steps, the second fed by the first (4 tokens), long enough to be killed or cut off
-    while it runs."""
-    return f"""
-name = "two-steps"
-{defaults}
-[[steps]]
-name = "first"
-prompt = "first {{input}}"
-max_tokens = 4
-[[steps]]
-name = "second"
-prompt = "second {{first}}"
-max_tokens = {second_tokens}
-"""
 
 
 def sigint_as_usual() -> None:

@@ -64,6 +64,14 @@ def test_a_greedy_llama_stream_survives_its_origin_with_the_uninterrupted_text(s
     assert events[-1]["usage"]["completion_tokens"] == expected["usage"]["completion_tokens"]
 
 
+def _two_nodes(spawn) -> tuple[Daemon, Daemon]:
+    """a and b, echo at 50 tokens/s, heartbeat 0.2 s, each seeing the other alive."""
+    a = spawn("a", "--echo-rate", "50", heartbeat=0.2)
+    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "50", heartbeat=0.2)
+    wait_until(lambda: alive_names(a) == {"a", "b"} and alive_names(b) == {"a", "b"}, 10, what="a and b meet")
+    return a, b
+
+
 def test_a_client_moving_back_to_an_origin_it_left_continues_its_task(spawn):
     """Fails on the code before this change: a (frozen, then thawed) saw its client gone and cancelled the task;
     when the client came back to a (b froze in turn), a replayed that cancel: a `done` `cancelled` the user never
@@ -73,9 +81,7 @@ def test_a_client_moving_back_to_an_origin_it_left_continues_its_task(spawn):
 
     from zmqllm.client import AsyncClient
 
-    a = spawn("a", "--echo-rate", "50", heartbeat=0.2)
-    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "50", heartbeat=0.2)
-    wait_until(lambda: alive_names(a) == {"a", "b"} and alive_names(b) == {"a", "b"}, 10, what="a and b meet")
+    a, b = _two_nodes(spawn)
 
     async def run() -> list[dict]:
         events = []
@@ -111,9 +117,7 @@ def test_a_client_coming_back_to_its_restarted_origin_continues_the_interrupted_
 
     from zmqllm.client import AsyncClient
 
-    a = spawn("a", "--echo-rate", "50", heartbeat=0.2)
-    b = spawn("b", "--peer", a.endpoint, "--echo-rate", "50", heartbeat=0.2)
-    wait_until(lambda: alive_names(a) == {"a", "b"} and alive_names(b) == {"a", "b"}, 10, what="a and b meet")
+    a, b = _two_nodes(spawn)
     restarted: list[Daemon] = []
 
     async def run() -> list[dict]:

@@ -23,8 +23,13 @@ from zmqllm.client import AsyncClient, MeshUnreachable, RequestFailed
 
 SECOND_TOKENS = 40
 """The second step's length: long enough (0.4 s at 100 tok/s) for faults to land while it runs."""
-SPEC = f"""
-name = "chaos-two-steps"
+
+
+def two_steps(second_tokens: int, defaults: str = "") -> str:
+    """A workflow of two steps, the second fed by the first (4 tokens): long enough to be hit while it runs."""
+    return f"""
+name = "two-steps"
+{defaults}
 [[steps]]
 name = "first"
 prompt = "first {{input}}"
@@ -32,8 +37,11 @@ max_tokens = 4
 [[steps]]
 name = "second"
 prompt = "second {{first}}"
-max_tokens = {SECOND_TOKENS}
+max_tokens = {second_tokens}
 """
+
+
+SPEC = two_steps(SECOND_TOKENS)
 KEYS = ["first", "second"]
 
 
