@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from zmqllm.bench.chaos_runs import two_steps  # noqa: F401  (the tests' two-step workflow)
-
 from zmqllm.client import Client
 
 READY_TIMEOUT_S = 60.0
