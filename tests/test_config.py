@@ -212,7 +212,7 @@ def test_flag_errors(key, value, expected):
     ('engine = "gpt"', "key 'engine' must be one of echo, llama, got string 'gpt'"),
     ('log_level = "loud"',
      "key 'log_level' must be one of debug, info, warning, error, got string 'loud'"),
-    ('engine = "llama"', "key 'model' is required when engine is 'llama' "
+    ('engine = "llama"', "key 'model' (or 'models_dir') is required when engine is 'llama' "
                          "(a GGUF path or 'bundled:gemma3-270m')"),
     ('name = "-bad"', "key 'name' must be 1-64 letters, digits, '_', '.' or '-', "
                       "starting with a letter or digit, got string '-bad'"),
@@ -240,7 +240,7 @@ def test_cross_key_error_names_source_of_each(tmp_path):
 def test_llama_error_names_where_engine_was_set():
     assert error_of(overrides={"engine": "llama"}).startswith("flag --engine: key 'model'")
     c = load_config(env={}, overrides={"engine": "llama", "model": "bundled:gemma3-270m"})
-    assert c.engine == "llama" and c.model == "bundled:gemma3-270m"
+    assert c.engine == "llama" and c.model == ("bundled:gemma3-270m",)
 
 
 @pytest.mark.parametrize("endpoint", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ LIVENESS = Liveness(interval=0.5, suspect_after=2.0, dead_after=4.0)
 SUSPECT_S, DEAD_S = 1.0, 2.0  # seconds of silence; exact in binary floating point
 T0 = 100.0
 ROW_KEYS = {"name", "node_id", "endpoint", "models", "state", "slots", "queued", "tok_s", "heartbeat_age_s", "self",
-            "ctx", "chat"}  # the contract's keys, plus what `zmqllm models` shows
+            "ctx", "chat", "loaded", "loading"}  # the contract's keys, plus what `zmqllm models` shows
 
 ME = Identity("n-me", "me", "tcp://127.0.0.1:5000", ("gemma",), 2)
 
@@ -296,15 +297,30 @@ def test_rows_follow_the_contract() -> None:
     assert me == {
         "name": "me", "node_id": ME.node_id, "endpoint": ME.endpoint, "models": ["gemma"], "state": "alive",
         "slots": {"busy": 1, "total": 2}, "queued": 0, "tok_s": 88.89, "heartbeat_age_s": 0.0, "self": True,
-        "ctx": 0, "chat": False,
+        "ctx": 0, "chat": False, "loaded": ["gemma"], "loading": [],
     }
     assert (a["name"], a["state"], a["self"], a["heartbeat_age_s"]) == ("a", "dead", False, 10.0)
     assert b == {
         "name": "b", "node_id": "id-b", "endpoint": ident("b").endpoint, "models": ["gemma", "qwen"],
         "state": "alive", "slots": {"busy": 3, "total": 4}, "queued": 5, "tok_s": 12.35, "heartbeat_age_s": 0.25,
-        "self": False, "ctx": 0, "chat": False,
+        "self": False, "ctx": 0, "chat": False, "loaded": ["gemma", "qwen"], "loading": [],
     }
     assert protocol.decode(protocol.encode(protocol.make("PEERS", peers=rows)))["peers"] == rows
+
+
+def test_a_node_of_several_models_says_which_are_loaded() -> None:
+    """A model host advertises every model it can serve, and apart those loaded now and loading: the scheduler
+    prefers a node with the model loaded, `zmqllm models` shows both."""
+    host = Identity("id-h", "h", "tcp://127.0.0.1:5009", ("a", "b", "c"), 1, loaded=("b",), loading=("c",))
+    back = Identity.from_fields(protocol.decode(protocol.encode(protocol.make(
+        "HEARTBEAT", **host.as_fields(), load=Load().as_fields(), digest="x"))).fields)
+    assert back == host and back.loaded_models == ("b",)
+    t = table()
+    t.observe(back, T0)
+    row = next(r for r in t.rows(T0, Load()) if r["name"] == "h")
+    assert (row["models"], row["loaded"], row["loading"]) == (["a", "b", "c"], ["b"], ["c"])
+    t.refresh_me(replace(ME, loaded=()))
+    assert next(r for r in t.rows(T0, Load()) if r["self"])["loaded"] == []
 
 
 def test_heartbeat_fields_are_a_valid_message() -> None:

@@ -180,8 +180,8 @@ def test_chat_and_models_on_an_echo_mesh(spawn, zmqllm_env):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["text"] == "hello mesh hello "
     result = run_cli(zmqllm_env, "models", "--json", "--connect", a.endpoint)
-    assert json.loads(result.stdout) == [{"model": "echo", "peers": ["a", "b"], "ctx": 0, "slots": 8, "busy": 0,
-                                          "chat": True}]
+    assert json.loads(result.stdout) == [{"model": "echo", "peers": ["a", "b"], "loaded_on": ["a", "b"],
+                                          "loading_on": [], "ctx": 0, "slots": 8, "busy": 0, "chat": True}]
     bad = run_cli(zmqllm_env, "chat", "hi", "--connect", a.endpoint, "--json", "--max-tokens", "2",
                   "--task-id", "x" * 200)
     assert bad.returncode == 1 and "task_id" in bad.stderr

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
 from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqllm.core.scheduler import Candidate, NoRoute, choose_executor, resolve_model
+from zmqllm.core.scheduler import (LEAST_LOADED, POWER_OF_TWO, RANDOM, ROUND_ROBIN, ROUTING_POLICIES, Candidate,
+                                   NoRoute, Router, choose_executor, resolve_model)
 
 LIVE = ("alive", "suspect")
 
@@ -267,3 +269,67 @@ def test_other_origins_work_still_counts_from_the_report() -> None:
     assert known.outstanding == 1 + 3  # its own 1 now, plus the 3 of others it reported
     gone = Candidate("x", ("gemma",), "alive", 2, 2, 0, reported_mine=2)
     assert gone.outstanding == 0  # both of its tasks there ended since the report: free now
+
+
+# -- routing policies ---------------------------------------------------------------------------------------------
+
+def routed(router: Router, candidates: list[Candidate], times: int, **kwargs: object) -> list[str]:
+    return [choose_executor(candidates, "gemma", router=router, **kwargs)[0].name  # type: ignore[arg-type]
+            for _ in range(times)]
+
+
+def test_round_robin_cycles_in_name_order_whatever_the_load() -> None:
+    nodes = [cand("c"), cand("a", reported=9), cand("b", is_self=True)]
+    assert routed(Router(ROUND_ROBIN), nodes, 7) == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+def test_round_robin_goes_on_after_the_last_pick_when_the_nodes_change() -> None:
+    router = Router(ROUND_ROBIN)
+    assert routed(router, [cand("a"), cand("b"), cand("c")], 2) == ["a", "b"]
+    assert routed(router, [cand("a"), cand("b", state="dead"), cand("c"), cand("d")], 3) == ["c", "d", "a"]
+
+
+def test_random_draws_only_able_nodes_and_a_seed_replays_it() -> None:
+    nodes = [cand("a"), cand("b"), cand("c", state="dead"), cand("d", models=("qwen",)), cand("e")]
+    first = routed(Router(RANDOM, random.Random(7)), nodes, 60, exclude={"e"})
+    assert set(first) == {"a", "b"}
+    assert routed(Router(RANDOM, random.Random(7)), nodes, 60, exclude={"e"}) == first
+
+
+def test_power_of_two_takes_the_less_loaded_of_the_two_it_draws() -> None:
+    nodes = [cand("a", slots=2, reported=4), cand("b", slots=1, reported=1), cand("c", slots=4, reported=1)]
+    picks = routed(Router(POWER_OF_TWO, random.Random(3)), nodes, 200)
+    assert "a" not in picks  # the most loaded loses to whichever it is drawn with
+    assert {"b", "c"} <= set(picks)  # b wins only when drawn with a: it is sometimes
+    draws = random.Random(3)
+    expected = [min(draws.sample(sorted(nodes, key=lambda c: c.name), 2),
+                    key=lambda c: c.outstanding / c.slots).name for _ in range(200)]
+    assert picks == expected
+    assert routed(Router(POWER_OF_TWO), [cand("x", reported=50)], 3) == ["x", "x", "x"]  # one able node
+
+
+def test_least_loaded_is_the_default_router() -> None:
+    nodes = [cand("a", reported=2), cand("b", reported=1), cand("c", reported=3)]
+    assert routed(Router(), nodes, 3) == routed(Router(LEAST_LOADED), nodes, 3) == ["b", "b", "b"]
+    assert chosen(nodes) == "b"
+
+
+def test_an_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="least-loaded, power-of-two, round-robin, random"):
+        Router("fastest")
+
+
+@pytest.mark.parametrize("policy", ROUTING_POLICIES)
+def test_pin_and_exclusions_are_the_same_for_every_policy(policy: str) -> None:
+    router = Router(policy)
+    nodes = [cand("a"), cand("b", reported=100, state="suspect"), cand("c", state="dead"), cand("d")]
+    assert routed(router, nodes, 4, pinned="b") == ["b"] * 4
+    assert routed(router, nodes, 4, pinned="a", exclude={"a"}) == ["a"] * 4  # a pin is never excluded
+    assert set(routed(router, nodes, 20, exclude={"a", "b"})) == {"d"}
+    for pinned, code in (("zed", "peer_unknown"), ("c", "peer_dead")):
+        with pytest.raises(NoRoute) as info:
+            choose_executor(nodes, "gemma", pinned=pinned, router=router)
+        assert info.value.code == code
+    with pytest.raises(NoRoute) as info:
+        choose_executor(nodes, "gemma", exclude={"a", "b", "d"}, router=router)
+    assert info.value.code == "no_peer_for_model"

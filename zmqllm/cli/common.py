@@ -43,7 +43,7 @@ def config_options(command: Callable[..., Any], json_logs_flag: str = "--json") 
         if key.name == "peers":
             option = click.option("--peer", "peers", multiple=True, metavar="ENDPOINT", help=help_text + " (repeatable)")
         elif key.type is tuple:
-            option = click.option(key.flag, key.name, multiple=True, metavar="HOST:PORT",
+            option = click.option(key.flag, key.name, multiple=True, metavar=key.metavar,
                                   help=help_text + " (repeatable)")
         elif key.name == "json_logs":
             option = click.option(json_logs_flag, "json_logs", is_flag=True, default=None, help=help_text)

@@ -38,7 +38,12 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
 @click.command()
 @client_options
 def models(connect: str, timeout: float, as_json: bool) -> None:
-    """List every model in the mesh: which nodes serve it, context, slots, chat."""
+    """List every model in the mesh: the nodes that serve it, those that have it loaded now, context, slots,
+    chat.
+
+    A node serving several models (--model repeated, or --models-dir) loads each on first use: a model it
+    serves but has not loaded answers after a cold load.
+    """
     from zmqllm.cli.render import model_rows, model_table
 
     show(model_rows(query(connect, timeout, lambda c: c.peers())), as_json, model_table)

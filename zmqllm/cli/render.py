@@ -56,9 +56,13 @@ def model_rows(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if peer["state"] not in ("alive", "suspect"):
             continue
         for name in peer["models"]:
-            row = models.setdefault(name, {"model": name, "peers": [], "ctx": 0, "slots": 0, "busy": 0,
-                                           "chat": False})
+            row = models.setdefault(name, {"model": name, "peers": [], "loaded_on": [], "loading_on": [], "ctx": 0,
+                                           "slots": 0, "busy": 0, "chat": False})
             row["peers"].append(peer["name"])
+            if name in peer.get("loaded", peer["models"]):
+                row["loaded_on"].append(peer["name"])
+            if name in peer.get("loading", ()):
+                row["loading_on"].append(peer["name"])
             row["slots"] += peer["slots"]["total"]
             row["busy"] += peer["slots"]["busy"]
             row["chat"] = row["chat"] or bool(peer.get("chat"))
@@ -69,9 +73,13 @@ def model_rows(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def model_table(rows: list[dict[str, Any]]) -> str:
-    body = [[r["model"], ",".join(r["peers"]), str(r["ctx"] or "-"), f"{r['busy']}/{r['slots']}",
+    def loaded(row: dict[str, Any]) -> str:
+        names = row["loaded_on"] + [f"{name} (loading)" for name in row["loading_on"]]
+        return ",".join(names) or "-"
+
+    body = [[r["model"], ",".join(r["peers"]), loaded(r), str(r["ctx"] or "-"), f"{r['busy']}/{r['slots']}",
              "yes" if r["chat"] else "no"] for r in rows]
-    return table(["MODEL", "SERVED BY", "CTX PER SLOT", "SLOTS", "CHAT"], body)
+    return table(["MODEL", "SERVED BY", "LOADED ON", "CTX PER SLOT", "SLOTS", "CHAT"], body)
 
 
 def task_table(rows: list[dict[str, Any]]) -> str:

@@ -74,6 +74,8 @@ class GenerationRequest:
     resume_ids: tuple[int, ...] = ()
     """Token ids another node already delivered (failover): the engine continues
     after them, emitting only new tokens; `max_tokens` counts them too."""
+    model: str = ""
+    """The model the origin resolved the task to; an engine serving several (`ModelHost`) picks by it."""
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,20 @@ class Identity:
     slots: int
     ctx: int = 0  # context tokens per request; 0 = no limit
     chat: bool = False  # serves chat requests
+    loaded: tuple[str, ...] | None = None
+    """Of `models`, those loaded now (a cold load costs seconds); None: all (a node that does not say)."""
+    loading: tuple[str, ...] = ()
 
     @classmethod
     def from_fields(cls, fields: Any) -> Identity:
+        loaded = fields.get("loaded")
         return cls(fields["node_id"], fields["name"], fields["endpoint"], tuple(fields["models"]), fields["slots"],
-                   fields.get("ctx", 0), fields.get("chat", False))
+                   fields.get("ctx", 0), fields.get("chat", False), None if loaded is None else tuple(loaded),
+                   tuple(fields.get("loading") or ()))
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        return self.models if self.loaded is None else self.loaded
 
     def as_fields(self) -> dict[str, Any]:
         return {
@@ -72,6 +81,8 @@ class Identity:
             "slots": self.slots,
             "ctx": self.ctx,
             "chat": self.chat,
+            **({} if self.loaded is None else {"loaded": list(self.loaded)}),
+            **({"loading": list(self.loading)} if self.loading else {}),
         }
 
 
@@ -134,6 +145,13 @@ class PeerTable:
         self.liveness = liveness
         self._peers: dict[str, Peer] = {}
         self._self_peer = Peer(me, now)
+
+    def refresh_me(self, me: Identity) -> None:
+        """This node's models or loaded models changed (a load, an unload, a rescan): the next beat says so."""
+        if me.node_id != self.me.node_id:
+            raise ValueError("a node's id never changes")
+        self.me = me
+        self._self_peer.identity = me
 
     # -- hearing from peers -------------------------------------------------
 
@@ -271,6 +289,8 @@ def _row(peer: Peer, now: float, is_self: bool) -> dict[str, Any]:
         "slots": {"busy": load.active, "total": identity.slots},
         "ctx": identity.ctx,
         "chat": identity.chat,
+        "loaded": list(identity.loaded_models),
+        "loading": list(identity.loading),
         "queued": load.queued,
         "tok_s": round(load.tok_s, 2),
         "heartbeat_age_s": round(max(0.0, now - peer.last_seen), 3),

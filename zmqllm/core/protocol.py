@@ -97,6 +97,8 @@ _IDENTITY = {
     "slots": INT,
     "ctx": INT + _OPTIONAL,
     "chat": BOOL + _OPTIONAL,
+    "loaded": STRS + _OPTIONAL,
+    "loading": STRS + _OPTIONAL,
 }
 """What a node says about itself in HELLO, WELCOME and HEARTBEAT."""
 _TASK = {"task_id": STR, "prompt": STR, "max_tokens": INT, "params": MAP, "stop": STRS}

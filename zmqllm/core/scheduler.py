@@ -9,12 +9,24 @@ piling on whoever looked idle half a second ago, and a slot freed since the last
 heartbeat is seen as free at once instead of looking busy until the next one
 (which left slots idle while tasks queued elsewhere under a saturating load).
 Ties go to this node (no network hop), then by name.
+
+That rule is the default routing policy, `least-loaded`. The others exist to be compared with it (`zmqllm bench
+routing`) and for operators who want them: `power-of-two` (Ray Serve's default: two able nodes drawn at random,
+the one with less outstanding work per slot), `round-robin` and `random`. A pinned peer and the nodes excluded
+(tried already, or to avoid) are the same for every policy: a policy only picks among the able nodes.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+LEAST_LOADED = "least-loaded"
+POWER_OF_TWO = "power-of-two"
+ROUND_ROBIN = "round-robin"
+RANDOM = "random"
+ROUTING_POLICIES = (LEAST_LOADED, POWER_OF_TWO, ROUND_ROBIN, RANDOM)
 
 
 @dataclass(frozen=True)
@@ -62,13 +74,51 @@ def resolve_model(candidates: Sequence[Candidate], model: str | None) -> str:
     raise NoRoute("bad_request", f"the mesh serves several models ({', '.join(served)}): name one with --model")
 
 
+class Router:
+    """A routing policy with the little state it keeps between placements: the random source (injected, so a
+    seeded one replays the same choices) and the round-robin cursor. Pure: it never reads a clock or a socket.
+    Raises ValueError for a policy not in `ROUTING_POLICIES`."""
+
+    def __init__(self, policy: str = LEAST_LOADED, rng: random.Random | None = None) -> None:
+        if policy not in ROUTING_POLICIES:
+            raise ValueError(f"unknown routing policy {policy!r} (one of {', '.join(ROUTING_POLICIES)})")
+        self.policy = policy
+        self.rng = rng if rng is not None else random.Random()
+        self.last_name: str | None = None
+        """The node round-robin picked last: the next pick is the first able node named after it."""
+
+    def pick(self, able: Sequence[Candidate]) -> Candidate:
+        """One of `able` (not empty), by this router's policy."""
+        if self.policy == LEAST_LOADED:
+            return min(able, key=_load_order)
+        ordered = sorted(able, key=lambda c: c.name)  # a fixed order, whatever order the table listed them in
+        if self.policy == RANDOM:
+            return self.rng.choice(ordered)
+        if self.policy == POWER_OF_TWO:
+            return min(self.rng.sample(ordered, min(2, len(ordered))), key=_load_order)
+        chosen = next((c for c in ordered if self.last_name is not None and c.name > self.last_name), ordered[0])
+        self.last_name = chosen.name
+        return chosen
+
+
+def _load_order(c: Candidate) -> tuple[float, bool, bool, str]:
+    """Least outstanding work per slot first; then alive before suspect, this node, then by name."""
+    return c.outstanding / max(1, c.slots), c.state != "alive", not c.is_self, c.name
+
+
+_LEAST_LOADED = Router(LEAST_LOADED)
+"""The default router: least-loaded keeps no state, so one serves every caller."""
+
+
 def choose_executor(
     candidates: Sequence[Candidate],
     model: str | None,
     pinned: str | None = None,
     exclude: Collection[str] = (),
+    router: Router | None = None,
 ) -> tuple[Candidate, str]:
-    """Pick the node to run a task and the model name it resolves to.
+    """Pick the node to run a task and the model name it resolves to; `router` picks among the able nodes
+    (default: a `least-loaded` one).
 
     Raises `NoRoute` with `peer_unknown`, `peer_dead`, `no_peer_for_model` or
     `bad_request` (several models, none named)."""
@@ -95,8 +145,7 @@ def choose_executor(
         raise NoRoute(
             "no_peer_for_model", f"no live node serves model {chosen_model!r} (the mesh serves {_names(served)})"
         )
-    best = min(able, key=lambda c: (c.outstanding / max(1, c.slots), c.state != "alive", not c.is_self, c.name))
-    return best, chosen_model
+    return (router or _LEAST_LOADED).pick(able), chosen_model
 
 
 def _only_model(target: Candidate) -> str:

@@ -58,9 +58,10 @@ class TaskSpec:
                 "messages": list(self.messages) or None, "failover": self.failover, "deadline_s": self.deadline_s,
                 "detach": True}
 
-    def request(self, resume_ids: tuple[int, ...] = ()) -> GenerationRequest:
-        """What the engine runs (continuing after `resume_ids` on a failover)."""
-        return GenerationRequest(self.prompt, self.max_tokens, self.params, self.stop, self.messages, resume_ids)
+    def request(self, resume_ids: tuple[int, ...] = (), model: str = "") -> GenerationRequest:
+        """What the engine runs (continuing after `resume_ids` on a failover), on `model` as the origin resolved it."""
+        return GenerationRequest(self.prompt, self.max_tokens, self.params, self.stop, self.messages, resume_ids,
+                                 model)
 
 
 @dataclass

@@ -60,6 +60,14 @@ class Engine(ABC):
             raise
         return engine
 
+    def loaded_models(self) -> tuple[str, ...]:
+        """The models loaded now, ready to answer without a cold load (all of them, for an engine of one)."""
+        return self.models
+
+    def loading_models(self) -> tuple[str, ...]:
+        """The models being loaded now (requests for them wait)."""
+        return ()
+
     async def load(self) -> None:
         """Get ready to serve (load weights); raises `EngineError` with one clear
         line when it cannot. The default has nothing to load."""

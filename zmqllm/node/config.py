@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zmqllm.core.scheduler import LEAST_LOADED, ROUTING_POLICIES
 from zmqllm.core.show import MAX_SHOWN_CHARS, show_value
 from zmqllm.node import paths
 from zmqllm.node.journal import DEFAULT_KEEP_DAYS, DEFAULT_MAX_MB
@@ -43,6 +44,8 @@ MAX_HTTP_BODY_MB = 1024.0
 """The largest request body a node may be set to read (aiohttp holds a body in memory whole)."""
 MIN_CTX_TOKENS = 16
 DEFAULT_SLOTS = {"echo": 4, "llama": 1}
+DEFAULT_MAX_LOADED = 3
+"""Models a node keeps loaded at once, as Ollama's default on a CPU: a few small models fit in RAM together."""
 """llama: 1 keeps greedy output equal to llama-cpp-python's own and failover exact (docs/design.md)."""
 MAX_SEND_BUFFER_MB = 4096
 
@@ -69,12 +72,16 @@ class NodeConfig:
     advertise: str | None = None
     peers: tuple[str, ...] = ()
     engine: str = "echo"
-    model: str | None = None
+    model: tuple[str, ...] = ()
+    """Models to serve: GGUF paths or the bundled name (`model = "a.gguf"` in TOML is one)."""
     model_name: str | None = None
+    models_dir: str | None = None
+    max_loaded: int = DEFAULT_MAX_LOADED
     echo_rate: float = 50.0
     slots: int | None = None
     """None until `load_config` resolves it per engine (`DEFAULT_SLOTS`)."""
     queue_limit: int = 64
+    routing: str = LEAST_LOADED
     send_buffer_mb: float = 16.0
     heartbeat_interval: float = 0.5
     suspect_after: float = 2.0
@@ -122,6 +129,10 @@ class Key:
     help: str
     optional: bool = False
     choices: tuple[str, ...] | None = None
+    metavar: str = "HOST:PORT"
+    """What a repeatable (tuple) key's flag takes."""
+    one_or_list: bool = False
+    """A tuple key that may also be given as one string (`model = "a.gguf"`, as before it took several)."""
 
     @property
     def env_var(self) -> str:
@@ -151,12 +162,20 @@ KEYS: dict[str, Key] = dict([
     _key("advertise", str, "endpoint peers should dial, when bind is a wildcard", optional=True),
     _key("peers", tuple, "seed endpoints to dial at start-up"),
     _key("engine", str, "inference engine (default: llama when a model is given, else echo)", choices=ENGINES),
-    _key("model", str, f"llama model: a GGUF path or '{BUNDLED_MODEL}'", optional=True),
-    _key("model_name", str, "model name to advertise instead of the file stem", optional=True),
+    _key("model", tuple, f"llama model: a GGUF path or '{BUNDLED_MODEL}'; several serve several models from "
+                         "one node, each loaded on first use", metavar="GGUF", one_or_list=True),
+    _key("model_name", str, "model name to advertise instead of the file stem (one model only)", optional=True),
+    _key("models_dir", str, "folder whose *.gguf files this node serves, each under its file stem, loaded on "
+                            "first use (rescanned every few seconds)", optional=True),
+    _key("max_loaded", int, "models loaded at once; loading another unloads the least recently used idle one "
+                            "(0 = no limit)"),
     _key("echo_rate", float, "echo engine tokens per second; 0 = as fast as possible"),
     _key("slots", int, "requests run at once (default: echo 4, llama 1; llama > 1 batches them in one "
                        "context: continuous batching)", optional=True),
     _key("queue_limit", int, "requests waiting beyond the slots before rejecting as busy"),
+    _key("routing", str, "where this node places the tasks it accepts: least-loaded (least outstanding work per "
+                         "slot), power-of-two (the less loaded of two nodes drawn at random), round-robin, random",
+         choices=ROUTING_POLICIES),
     _key("send_buffer_mb", float, "MiB held for one receiver that stopped reading before its tasks are cut off"),
     _key("heartbeat_interval", float, "seconds between heartbeats"),
     _key("suspect_after", float, "heartbeat intervals of silence before a peer is suspect"),
@@ -214,9 +233,13 @@ def _typed(key: Key, value: Any, source: str) -> Any:
             if not math.isfinite(value):
                 raise _fail(source, key.name, "a finite number", show_value(value))
     elif key.type is tuple:
+        if isinstance(value, str) and key.one_or_list:
+            value = (value,)
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         if ok:
             value = tuple(value)
+            if key.one_or_list and not all(value):
+                raise _fail(source, key.name, "a non-empty string", "''")
     else:
         ok = isinstance(value, str)
         if ok and key.optional and not value:
@@ -341,7 +364,7 @@ def resolve_config(path: str | os.PathLike | None = None,
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].lower()
     if "engine" not in values:  # a model given means it is to be served
-        values["engine"] = "llama" if values.get("model") else "echo"
+        values["engine"] = "llama" if values.get("model") or values.get("models_dir") else "echo"
     if values.get("slots") is None:
         values["slots"] = DEFAULT_SLOTS.get(values["engine"], 1)
     if values.get("flash_attn") is None:
@@ -384,6 +407,7 @@ def _validate(c: NodeConfig, source) -> None:
     need(c.echo_rate >= 0, "echo_rate", ">= 0")
     need(c.slots is not None and c.slots >= 1, "slots", ">= 1")
     need(c.queue_limit >= 0, "queue_limit", ">= 0")
+    need(c.routing in ROUTING_POLICIES, "routing", "one of " + ", ".join(ROUTING_POLICIES))
     need(c.journal_keep_days >= 0, "journal_keep_days", ">= 0 (0 = no age limit)")
     need(c.journal_max_mb >= 0, "journal_max_mb", ">= 0 (0 = no size limit)")
     need(0 < c.send_buffer_mb <= MAX_SEND_BUFFER_MB, "send_buffer_mb", f"> 0 and <= {MAX_SEND_BUFFER_MB}")
@@ -414,11 +438,18 @@ def _validate(c: NodeConfig, source) -> None:
                               "(mesh_key, --mesh-key or ZMQLLM_MESH_KEY), or set allow_plaintext = true "
                               "(--allow-plaintext) to run the mesh unencrypted and open to anyone who can reach it")
     _check_http(c, source)
-    if c.engine == "llama" and c.model is None:
-        raise ConfigError(f"{source('engine')}: key 'model' is required when engine is "
+    need(c.max_loaded >= 0, "max_loaded", ">= 0 (0 = no limit)")
+    if c.engine == "llama" and not c.model and c.models_dir is None:
+        raise ConfigError(f"{source('engine')}: key 'model' (or 'models_dir') is required when engine is "
                           f"'llama' (a GGUF path or '{BUNDLED_MODEL}')")
-    if c.engine == "llama" and c.model is not None:
-        check_model(c.model, source("model"))
+    if c.engine == "llama":
+        for model in c.model:
+            check_model(model, source("model"))
+    if c.model_name is not None and len(c.model) + (c.models_dir is not None) > 1:
+        raise ConfigError(f"{source('model_name')}: key 'model_name' names one model, and this node serves several "
+                          "(each is advertised under its file stem)")
+    if c.models_dir is not None and not Path(c.models_dir).expanduser().is_dir():
+        raise _fail(source("models_dir"), "models_dir", "an existing folder", show_value(c.models_dir))
 
 
 def http_address(text: str) -> tuple[str, int] | None:

@@ -15,6 +15,8 @@ from zmqllm.node.datadir import DataDirInUse
 from zmqllm.engines.base import Engine, EngineError
 from zmqllm.core.membership import Liveness
 from zmqllm.node.journal import Retention
+from zmqllm.node.models import llama_engine, model_host, rescan_forever, serves_several
+from zmqllm.engines.host import ModelHost
 from zmqllm.node.node import FatalNodeError, Node, NodeSettings
 from zmqllm.core.tasks import TaskSpec
 from zmqllm.http.host import TaskListener
@@ -42,6 +44,7 @@ def settings_from(config: NodeConfig) -> NodeSettings:
         data_dir=data_dir_for(config),
         mesh_key=keys.load(config.mesh_key) if config.mesh_key else None,
         journal_retention=Retention(config.journal_keep_days, config.journal_max_mb),
+        routing=config.routing,
     )
 
 
@@ -146,8 +149,8 @@ async def serve(config: NodeConfig) -> None:
     """Load the engine, then run the node until SIGTERM/SIGINT."""
     try:
         engine = build_engine(config, paths.cache_dir() / "models")
-        if config.engine == "llama":
-            log.info("loading model %s ...", config.model)
+        if config.engine == "llama" and not serves_several(config):
+            log.info("loading model %s ...", config.model[0])
         await engine.load()
     except EngineError as exc:
         raise DaemonError(exc.message) from None
@@ -155,6 +158,13 @@ async def serve(config: NodeConfig) -> None:
         log.warning("mesh key %s is readable by other users: chmod 600 it", config.mesh_key)
     node = Node(settings_from(config), engine)
     node.install_signal_handlers()
+    rescans = None
+    if isinstance(engine, ModelHost):
+        engine.on_change = node.models_changed
+        log.info("serving %s (each loaded on first use, at most %s at once)", ", ".join(engine.models),
+                 engine.max_loaded or "all")
+        if config.models_dir is not None:
+            rescans = asyncio.create_task(rescan_forever(engine, config, paths.cache_dir() / "models"))
     try:
         await _run_node(node, config)
     except DataDirInUse as exc:
@@ -164,6 +174,8 @@ async def serve(config: NodeConfig) -> None:
     except OSError as exc:
         raise DaemonError(str(exc)) from None
     finally:
+        if rescans is not None:
+            rescans.cancel()
         await engine.close()
     log.info("stopped")
 
@@ -175,16 +187,9 @@ def build_engine(config: NodeConfig, cache_dir: Path) -> Engine:
 
         return EchoEngine(rate=config.echo_rate, slots=config.slots or 1)
     if config.engine == "llama":
-        if config.model is None:  # load_config refuses this; a NodeConfig built by hand may not
+        if serves_several(config):
+            return model_host(config, cache_dir)
+        if not config.model:  # load_config refuses this; a NodeConfig built by hand may not
             raise ValueError("engine 'llama' needs a model")
-        settings = dict(model=config.model, model_name=config.model_name, cache_dir=cache_dir, n_ctx=config.ctx,
-                        n_threads=config.threads, n_gpu_layers=config.gpu_layers, n_batch=config.batch,
-                        flash_attn=bool(config.flash_attn), chat_format=config.chat_format)
-        if (config.slots or 1) > 1:  # continuous batching: several sequences in one llama.cpp context
-            from zmqllm.engines.batched import BatchedLlamaEngine
-
-            return BatchedLlamaEngine(slots=config.slots, **settings)
-        from zmqllm.engines.llama import LlamaEngine
-
-        return LlamaEngine(**settings, prefix_cache=config.prefix_cache)
+        return llama_engine(config, config.model[0], cache_dir, config.model_name)
     raise ValueError(f"unknown engine {config.engine!r}")

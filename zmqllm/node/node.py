@@ -34,6 +34,7 @@ from zmqllm.node.journal import CHECKPOINT_INTERVAL_S, JOURNAL_FILE, Journal, Re
 from zmqllm.net.keys import HANDSHAKE_FAILED, MeshKey, handshake_failure
 from zmqllm.core.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
 from zmqllm.core.ratelimit import Quiet
+from zmqllm.core.scheduler import LEAST_LOADED
 from zmqllm.node import dispatch
 from zmqllm.node.loops import guarded
 from zmqllm.node.orchestrator import Orchestrator
@@ -110,6 +111,8 @@ class NodeSettings:
     """CURVE on every socket, admitting only holders of the same key (`zmqllm.net.keys`)."""
     journal_retention: Retention = Retention()
     """How long finished tasks stay in the journal (age and size)."""
+    routing: str = LEAST_LOADED
+    """The origin's routing policy (`zmqllm.core.scheduler.ROUTING_POLICIES`)."""
 
 
 class Node:
@@ -128,7 +131,7 @@ class Node:
         self.endpoint = ""
         self.table: PeerTable | None = None
         self.links: dict[str, Link] = {}
-        self.origin = Origin(self)
+        self.origin = Origin(self, settings.routing)
         self.remote = RemoteTasks(self)
         self.orchestrator = Orchestrator(self)
         self.forwarder = Forwarder(self)
@@ -180,9 +183,7 @@ class Node:
         if key is None and not is_loopback(bound):
             log.warning("bound %s without a mesh key (allow_plaintext): traffic is plaintext and anyone who can "
                         "reach it can use it (zmqllm keys new FILE, then mesh_key = FILE on every node)", bound)
-        me = Identity(self.node_id, self.settings.name, self.endpoint, self.engine.models, self.engine.slots,
-                      self.engine.ctx, self.engine.chat)
-        self.table = PeerTable(me, self.settings.liveness, self.clock())
+        self.table = PeerTable(self._own_identity(), self.settings.liveness, self.clock())
         interval = self.settings.liveness.interval
         rounds: list[tuple[str, Callable[[], float], float]] = [
             ("heartbeat", self._heartbeat_round, interval),
@@ -314,6 +315,16 @@ class Node:
             raise RuntimeError("the node is not running")
         return self.table.me
 
+    def _own_identity(self) -> Identity:
+        engine = self.engine
+        return Identity(self.node_id, self.settings.name, self.endpoint, engine.models, engine.slots, engine.ctx,
+                        engine.chat, engine.loaded_models(), engine.loading_models())
+
+    def models_changed(self) -> None:
+        """The engine loaded, unloaded or found models: the table (and so `peers`, the next beat) says so."""
+        if self.table is not None:
+            self.table.refresh_me(self._own_identity())
+
     def load(self) -> Load:
         return self.executor.load()
 
@@ -441,6 +452,7 @@ class Node:
         """Beat to every peer link (HELLO where the peer is not known alive yet); returns the wait to the next."""
         interval = self.settings.liveness.interval
         if self.table is not None:
+            self.models_changed()
             beat = self.message(
                 "HEARTBEAT", **self.identity().as_fields(), load=self.load().as_fields(), digest=self.table.digest()
             )

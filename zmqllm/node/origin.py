@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from zmqllm.engines.base import EngineError, GenerationResult, TokenChunk
 from zmqllm.core.protocol import Message
-from zmqllm.core.scheduler import Candidate, NoRoute, choose_executor
+from zmqllm.core.scheduler import LEAST_LOADED, Candidate, NoRoute, Router, choose_executor
 from zmqllm.core.tasks import OriginTask, TaskSpec, done_fields
 from zmqllm.core.validation import resume_problem, validate_spec
 from zmqllm.net.transport import Sent
@@ -35,8 +36,10 @@ journal answers). With a journal their output is not kept in memory: the journal
 class Origin:
     """Tasks this node accepted from clients."""
 
-    def __init__(self, node: OriginHost) -> None:
+    def __init__(self, node: OriginHost, routing: str = LEAST_LOADED) -> None:
         self.node = node
+        self.router = Router(routing, random.Random())
+        """Where tasks go among the able nodes (`routing`); its random source is this origin's own."""
         self.tasks: OrderedDict[str, OriginTask] = OrderedDict()
         self.clients: dict[str, list[bytes]] = {}
         self.listeners: dict[str, TaskListener] = {}
@@ -229,7 +232,8 @@ class Origin:
         while True:
             exclude = set() if pinned else task.tried | task.avoid
             try:
-                chosen, model = choose_executor(self._candidates(), task.model or spec.model, pinned, exclude)
+                chosen, model = choose_executor(self._candidates(), task.model or spec.model, pinned, exclude,
+                                                self.router)
             except NoRoute as exc:
                 if task.avoid and exc.code == "no_peer_for_model":
                     task.avoid = frozenset()  # a preference only: any node rather than none
@@ -296,7 +300,7 @@ class Origin:
 
     def _run_here(self, task: OriginTask) -> None:
         spec = task.spec
-        request = spec.request(task.delivered_ids)
+        request = spec.request(task.delivered_ids, task.model or "")
         counter = iter(range(len(task.tokens), spec.max_tokens + 1))
 
         def on_token(chunk: TokenChunk) -> None:

@@ -64,7 +64,7 @@ class RemoteTasks:
                        message=f"{node.settings.name} does not serve {message['model']!r}")
             return
         job = RemoteJob(task_id, origin, message.src, message.get("start_seq", 0))
-        request = spec.request(tuple(message.get("resume_ids") or ()))
+        request = spec.request(tuple(message.get("resume_ids") or ()), message["model"])
         self.jobs[key] = job
         if not node.executor.submit(key, request, lambda chunk: self._on_token(job, chunk),
                                     lambda outcome, timings: self._on_end(job, outcome, timings)):
