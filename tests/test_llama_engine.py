@@ -486,3 +486,22 @@ def test_without_the_prefix_cache_every_prompt_is_computed_whole(small_batches: 
     assert result.cached_tokens == 0
     again, _, _ = run(small_batches, prompt, max_tokens=4, temperature=0)
     assert again.cached_tokens == (again.prompt_tokens - 1) // 16 * 16 > 0
+
+
+def test_interleaved_conversations_each_find_their_history_and_answer_as_fresh(small_batches: LlamaEngine) -> None:
+    """Two conversations take turns on one context: each turn finds its own history among the saved contexts
+    (the live one holds the other conversation's) and, in exact mode, answers as a fresh context does."""
+    firsts = ["The history of the city of Rome spans over two and a half thousand years. " * 3 + "Who founded it?",
+              "Volcanoes form where tectonic plates meet and magma rises to the surface. " * 3 + "Where are they?"]
+    replies = [run(small_batches, first, max_tokens=12, temperature=0)[2] for first in firsts]
+    assert small_batches.prefix_capacity("gemma3-270m") >= 2
+    for first, reply in zip(firsts, replies):
+        second = first + reply + " Tell me more."
+        result, _, text = run(small_batches, second, max_tokens=16, temperature=0)
+        assert result.cached_tokens >= 3 * 16, result  # most of the first turn, though the other one ran last
+        small_batches.prefix_cache = "off"
+        try:
+            _, _, fresh_text = run(small_batches, second, max_tokens=16, temperature=0)
+        finally:
+            small_batches.prefix_cache = "exact"
+        assert text == fresh_text

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from zmqllm.core.prefix import parse_advertised
 
 PeerState = Literal["alive", "suspect", "dead", "left"]
 Change = Literal["joined", "rejoined", "replaced", "updated"]
@@ -94,6 +96,8 @@ class Load:
     queued: int = 0
     slots: int = 0
     tok_s: float = 0.0
+    cache: Mapping[str, frozenset[int]] = field(default_factory=dict, compare=False, hash=False)
+    """Per model, the block hashes of the prompts its caches hold (`zmqllm.core.prefix`)."""
 
     @classmethod
     def from_fields(cls, load: dict[str, Any]) -> Load:
@@ -102,10 +106,14 @@ class Load:
             usable = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             return kind(value) if usable else kind(0)
 
-        return cls(number("active", int), number("queued", int), number("slots", int), number("tok_s", float))
+        return cls(number("active", int), number("queued", int), number("slots", int), number("tok_s", float),
+                   parse_advertised(load.get("cache")))
 
     def as_fields(self) -> dict[str, Any]:
-        return {"active": self.active, "queued": self.queued, "slots": self.slots, "tok_s": round(self.tok_s, 2)}
+        fields = {"active": self.active, "queued": self.queued, "slots": self.slots, "tok_s": round(self.tok_s, 2)}
+        if self.cache:
+            fields["cache"] = {model: list(hashes) for model, hashes in self.cache.items()}
+        return fields
 
 
 @dataclass

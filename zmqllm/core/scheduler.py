@@ -10,7 +10,15 @@ heartbeat is seen as free at once instead of looking busy until the next one
 (which left slots idle while tasks queued elsewhere under a saturating load).
 Ties go to this node (no network hop), then by name.
 
-That rule is the default routing policy, `least-loaded`. The others exist to be compared with it (`zmqllm bench
+A node serving several models loads each on first use: one that must load the model first counts
+`COLD_LOAD_COST` more (a cost, not a refusal: an idle cold node still beats a busy warm one).
+
+The default policy, `cache-aware`, also counts what a node would not compute again: a request's prompt shares
+its leading blocks with prompts the node's cache holds (`zmqllm.core.prefix`), and the node's cost drops by
+`CACHE_WEIGHT` times the share of the prompt it holds. So a conversation's next turn goes back to the node that
+holds its history, unless that node has a full slot's worth more work per slot than another (then the wait
+would cost more than the prefill saved). With no cache to match (short prompts, the echo engine) it is exactly
+`least-loaded`, the rule above. The others exist to be compared with it (`zmqllm bench
 routing`) and for operators who want them: `power-of-two` (Ray Serve's default: two able nodes drawn at random,
 the one with less outstanding work per slot), `round-robin` and `random`. A pinned peer and the nodes excluded
 (tried already, or to avoid) are the same for every policy: a policy only picks among the able nodes.
@@ -19,14 +27,21 @@ the one with less outstanding work per slot), `round-robin` and `random`. A pinn
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
+from zmqllm.core.prefix import reuse
+
+CACHE_AWARE = "cache-aware"
 LEAST_LOADED = "least-loaded"
 POWER_OF_TWO = "power-of-two"
 ROUND_ROBIN = "round-robin"
 RANDOM = "random"
-ROUTING_POLICIES = (LEAST_LOADED, POWER_OF_TWO, ROUND_ROBIN, RANDOM)
+ROUTING_POLICIES = (CACHE_AWARE, LEAST_LOADED, POWER_OF_TWO, ROUND_ROBIN, RANDOM)
+COLD_LOAD_COST = 1.0
+"""What loading the model first adds to a node's cost, in outstanding tasks per slot."""
+CACHE_WEIGHT = 1.0
+"""What holding a whole prompt in cache takes off a node's cost, in outstanding tasks per slot."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,10 @@ class Candidate:
     reported_mine: int | None = None
     """How much of `reported_work` was this origin's own when it was reported; None when unknown (then the
     larger of the report and `assigned_by_me` is the best estimate)."""
+    loaded: tuple[str, ...] | None = None
+    """Of `models`, those loaded now; None: all."""
+    cache: Mapping[str, frozenset[int]] = field(default_factory=dict, compare=False)
+    """Per model, the prompt block hashes its caches hold."""
 
     @property
     def outstanding(self) -> int:
@@ -87,27 +106,37 @@ class Router:
         self.last_name: str | None = None
         """The node round-robin picked last: the next pick is the first able node named after it."""
 
-    def pick(self, able: Sequence[Candidate]) -> Candidate:
-        """One of `able` (not empty), by this router's policy."""
+    def pick(self, able: Sequence[Candidate], model: str = "", prefix: Sequence[int] = ()) -> Candidate:
+        """One of `able` (not empty) for a request of `model` whose prompt's block hashes are `prefix`, by this
+        router's policy."""
+        if self.policy == CACHE_AWARE:
+            return min(able, key=lambda c: _cost(c, model, prefix))
         if self.policy == LEAST_LOADED:
-            return min(able, key=_load_order)
+            return min(able, key=lambda c: _cost(c, model))
         ordered = sorted(able, key=lambda c: c.name)  # a fixed order, whatever order the table listed them in
         if self.policy == RANDOM:
             return self.rng.choice(ordered)
         if self.policy == POWER_OF_TWO:
-            return min(self.rng.sample(ordered, min(2, len(ordered))), key=_load_order)
+            return min(self.rng.sample(ordered, min(2, len(ordered))), key=lambda c: _cost(c, model))
         chosen = next((c for c in ordered if self.last_name is not None and c.name > self.last_name), ordered[0])
         self.last_name = chosen.name
         return chosen
 
 
-def _load_order(c: Candidate) -> tuple[float, bool, bool, str]:
-    """Least outstanding work per slot first; then alive before suspect, this node, then by name."""
-    return c.outstanding / max(1, c.slots), c.state != "alive", not c.is_self, c.name
+def _cost(c: Candidate, model: str, prefix: Sequence[int] = ()) -> tuple[float, bool, bool, bool, str]:
+    """Least outstanding work per slot first (a cold load counted, the cache held taken off); then loaded before
+    cold, alive before suspect, this node, then by name."""
+    cost = c.outstanding / max(1, c.slots)
+    cold = c.loaded is not None and model not in c.loaded
+    if cold:
+        cost += COLD_LOAD_COST
+    if prefix:
+        cost -= CACHE_WEIGHT * reuse(prefix, c.cache.get(model))
+    return cost, cold, c.state != "alive", not c.is_self, c.name
 
 
-_LEAST_LOADED = Router(LEAST_LOADED)
-"""The default router: least-loaded keeps no state, so one serves every caller."""
+_DEFAULT_ROUTER = Router(CACHE_AWARE)
+"""The default router: cache-aware keeps no state, so one serves every caller."""
 
 
 def choose_executor(
@@ -116,9 +145,10 @@ def choose_executor(
     pinned: str | None = None,
     exclude: Collection[str] = (),
     router: Router | None = None,
+    prefix: Sequence[int] = (),
 ) -> tuple[Candidate, str]:
     """Pick the node to run a task and the model name it resolves to; `router` picks among the able nodes
-    (default: a `least-loaded` one).
+    (default: a `cache-aware` one), `prefix` being the prompt's block hashes (`zmqllm.core.prefix`).
 
     Raises `NoRoute` with `peer_unknown`, `peer_dead`, `no_peer_for_model` or
     `bad_request` (several models, none named)."""
@@ -145,7 +175,7 @@ def choose_executor(
         raise NoRoute(
             "no_peer_for_model", f"no live node serves model {chosen_model!r} (the mesh serves {_names(served)})"
         )
-    return (router or _LEAST_LOADED).pick(able), chosen_model
+    return (router or _DEFAULT_ROUTER).pick(able, chosen_model, prefix), chosen_model
 
 
 def _only_model(target: Candidate) -> str:

@@ -8,11 +8,13 @@ the final result that a resent SUBMIT with the same id gets again.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from zmqllm.core.generation import GenerationRequest, GenerationResult
+from zmqllm.core.prefix import block_hashes, prompt_text
 
 TaskState = Literal["routing", "assigned", "streaming", "done", "failed"]
 FINAL_STATES = ("done", "failed")
@@ -94,13 +96,18 @@ class OriginTask:
     told_to_stop: set[str] = field(default_factory=set)
     """Former executors sent a CANCEL because they kept streaming after a failover."""
     cancelling: bool = False
+    """A CANCEL went to the executor: if the executor is lost before it answers, the task ends cancelled
+    instead of moving to another node."""
     client_left: bool = False
     """Cancelled because its last client went away, not because anyone asked: a client that comes back (a
     resent SUBMIT, a client moving back to this origin) continues it instead of hearing a cancel."""
-    """A CANCEL went to the executor: if the executor is lost before it answers, the task ends cancelled
-    instead of moving to another node."""
     output_in_journal: bool = False
     """A finished task whose tokens and text left memory: the journal holds them and replays them."""
+
+    @functools.cached_property
+    def prefix(self) -> list[int]:
+        """The prompt's block hashes (`zmqllm.core.prefix`), which cache-aware routing matches."""
+        return block_hashes(prompt_text(self.spec.prompt, self.spec.messages))
 
     def resume_from(self, count: int, text: str, ids: Sequence[int]) -> None:
         """Continue a task whose origin was lost: its client had received `count` token events holding `text`

@@ -64,6 +64,11 @@ class Engine(ABC):
         """The models loaded now, ready to answer without a cold load (all of them, for an engine of one)."""
         return self.models
 
+    def prefix_capacity(self, model: str) -> int:
+        """How many recent prompts of `model` this engine keeps cached for reuse (0: none); the node
+        advertises that many prompts' prefixes so the mesh routes a conversation's next turn here."""
+        return 0
+
     def loading_models(self) -> tuple[str, ...]:
         """The models being loaded now (requests for them wait)."""
         return ()

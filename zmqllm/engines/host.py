@@ -84,6 +84,10 @@ class ModelHost(Engine):
     def loading_models(self) -> tuple[str, ...]:
         return tuple(sorted(self._loading))
 
+    def prefix_capacity(self, model: str) -> int:
+        engine = self._loaded.get(model)
+        return 0 if engine is None else engine.prefix_capacity(model)
+
     def failures(self) -> dict[str, str]:
         """Models whose last load failed, with the one-line reason."""
         return dict(self._failed)

@@ -52,6 +52,7 @@ from zmqllm.engines.llama_base import LlamaModelEngine
 from zmqllm.engines.llama_api import (
     clear_memory, forget_sampler, import_llama_cpp, is_end_of_generation, remove_from, tokenize_prompt, vocab_size,
 )
+from zmqllm.engines.llama_states import SavedStates, shared_prefix
 from zmqllm.engines.llama_text import chat_renderer, check_fits
 from zmqllm.engines.sampling import Sampling, TokenText, parse_sampling
 
@@ -112,6 +113,7 @@ class LlamaEngine(LlamaModelEngine):
         chat_format: str | None = None,
         verbose: bool = False,
         prefix_cache: PrefixCache = "exact",
+        prefix_cache_mb: float = 256.0,
     ) -> None:
         super().__init__(model=model, model_name=model_name, cache_dir=cache_dir, n_ctx=n_ctx, n_threads=n_threads,
                          n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
@@ -126,12 +128,18 @@ class LlamaEngine(LlamaModelEngine):
         self._exact_upto = 0
         """Leading context tokens computed exactly as a fresh run computes them: whole `n_batch` prefill chunks
         from position 0. Reusing only these leaves a greedy answer bit for bit what a fresh run gives."""
+        self._saved = SavedStates(int(prefix_cache_mb * 2**20) if prefix_cache != "off" else 0)
+        """Recent prompts' contexts, so several conversations keep their prefixes in one context."""
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqllm-llama")
 
     @property
     def loaded(self) -> bool:
         return self._llm is not None
+
+    def prefix_capacity(self, model: str) -> int:
+        """The live context and the saved ones (`prefix_cache_mb`) are what a next prompt can reuse."""
+        return 0 if self.prefix_cache == "off" else max(1, len(self._saved))
 
     async def load(self) -> None:
         """Resolve the model (assembling a bundled one on first use), check it is
@@ -325,6 +333,7 @@ class LlamaEngine(LlamaModelEngine):
         rest = text.take_rest()
         if rest is not None:
             deliver(rest)
+        self._saved.save(llm, self._exact_upto)
         return self._finish(finish, n_prompt, n, t_start, t_first, t_last, n_sampled, cached)
 
     def _keep_prefix(self, prompt_tokens: list[int]) -> int:
@@ -335,6 +344,7 @@ class LlamaEngine(LlamaModelEngine):
         chunk = llm.n_batch
         keep = 0
         if self.prefix_cache != "off":
+            self._bring_back_best(prompt_tokens[:-1])
             for cached, wanted in zip(llm.input_ids[: llm.n_tokens].tolist(), prompt_tokens[:-1]):
                 if cached != wanted:
                     break
@@ -350,6 +360,21 @@ class LlamaEngine(LlamaModelEngine):
         aligned = keep == exact  # the chunks prefilled next start where a fresh run's do
         self._exact_upto = exact + ((len(prompt_tokens) - keep) // chunk * chunk if aligned else 0)
         return keep
+
+    def _reusable(self, shared: int, exact_upto: int) -> int:
+        """Of `shared` leading tokens, those this prefix cache mode reuses."""
+        if self.prefix_cache == "exact":
+            return min(shared, exact_upto) // self._llm.n_batch * self._llm.n_batch
+        return shared
+
+    def _bring_back_best(self, prompt: list[int]) -> None:
+        """Make live the saved context this prompt reuses most of, when it beats the live one."""
+        llm = self._llm
+        state, shared = self._saved.best(prompt)
+        live = shared_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt)
+        if state is None or self._reusable(shared, state.exact_upto) <= self._reusable(live, self._exact_upto):
+            return
+        self._exact_upto = state.exact_upto if self._saved.restore(llm, state) else 0
 
     def _finish(
         self,

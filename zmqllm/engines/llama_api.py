@@ -9,6 +9,7 @@ import, so `zmqllm --help` stays fast; functions look it up at each call (tests 
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
@@ -251,3 +252,21 @@ __all__ = ["BatchContext", "PENALTY_LAST_N", "SamplerChain", "clear_memory", "fo
            "remove_from",
            "is_end_of_generation", "model_handle", "replace_output_suppression", "route_logs", "tokenize_prompt",
            "vocab_size"]
+
+
+def copy_out_sequence(llm: Any, limit: int) -> Any:
+    """Sequence 0's cells (KV and positions) as a ctypes byte array, or None when empty, over `limit` bytes, or
+    refused. What `copy_in_sequence` puts back."""
+    llama_cpp = import_llama_cpp()
+    ctx = llm._ctx.ctx
+    size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+    if size <= 0 or size > limit:
+        return None
+    data = (ctypes.c_uint8 * size)()
+    return data if llama_cpp.llama_state_seq_get_data(ctx, data, size, 0) == size else None
+
+
+def copy_in_sequence(llm: Any, data: Any) -> bool:
+    """Put back what `copy_out_sequence` copied (into an empty context); False when llama.cpp refuses it."""
+    llama_cpp = import_llama_cpp()
+    return llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, data, len(data), 0) == len(data)

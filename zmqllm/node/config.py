@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zmqllm.core.scheduler import LEAST_LOADED, ROUTING_POLICIES
+from zmqllm.core.scheduler import CACHE_AWARE, ROUTING_POLICIES
 from zmqllm.core.show import MAX_SHOWN_CHARS, show_value
 from zmqllm.node import paths
 from zmqllm.node.journal import DEFAULT_KEEP_DAYS, DEFAULT_MAX_MB
@@ -81,7 +81,7 @@ class NodeConfig:
     slots: int | None = None
     """None until `load_config` resolves it per engine (`DEFAULT_SLOTS`)."""
     queue_limit: int = 64
-    routing: str = LEAST_LOADED
+    routing: str = CACHE_AWARE
     send_buffer_mb: float = 16.0
     heartbeat_interval: float = 0.5
     suspect_after: float = 2.0
@@ -101,6 +101,7 @@ class NodeConfig:
     flash_attn: bool | None = None
     """None until `load_config` resolves it: on when llama batches (slots > 1)."""
     prefix_cache: str = "exact"
+    prefix_cache_mb: float = 256.0
     http: tuple[str, ...] = ()
     api_key: str | None = None
     """Comma-separated when there are several; never logged or shown."""
@@ -173,8 +174,9 @@ KEYS: dict[str, Key] = dict([
     _key("slots", int, "requests run at once (default: echo 4, llama 1; llama > 1 batches them in one "
                        "context: continuous batching)", optional=True),
     _key("queue_limit", int, "requests waiting beyond the slots before rejecting as busy"),
-    _key("routing", str, "where this node places the tasks it accepts: least-loaded (least outstanding work per "
-                         "slot), power-of-two (the less loaded of two nodes drawn at random), round-robin, random",
+    _key("routing", str, "where this node places the tasks it accepts: cache-aware (least outstanding work per "
+                         "slot, less the share of the prompt a node's cache holds), least-loaded (least outstanding "
+                         "work per slot), power-of-two (the less loaded of two nodes drawn at random), round-robin, random",
          choices=ROUTING_POLICIES),
     _key("send_buffer_mb", float, "MiB held for one receiver that stopped reading before its tasks are cut off"),
     _key("heartbeat_interval", float, "seconds between heartbeats"),
@@ -201,6 +203,8 @@ KEYS: dict[str, Key] = dict([
                               "one: exact (whole batch-size chunks, greedy output unchanged), longest (every "
                               "shared token; greedy text may differ from a fresh run's), off",
          choices=("exact", "longest", "off")),
+    _key("prefix_cache_mb", float, "llama, slots = 1: MiB of recent prompts' contexts kept besides the live one, so "
+                                   "several conversations keep their history cached (0 = the live context only)"),
     _key("http", tuple, "HTTP gateway address HOST:PORT (OpenAI-compatible API; port 0 picks a free one)"),
     _key("api_key", str, "key(s) HTTP clients must send as 'Authorization: Bearer KEY'; comma-separated for "
                          "several", optional=True),
@@ -439,6 +443,7 @@ def _validate(c: NodeConfig, source) -> None:
                               "(--allow-plaintext) to run the mesh unencrypted and open to anyone who can reach it")
     _check_http(c, source)
     need(c.max_loaded >= 0, "max_loaded", ">= 0 (0 = no limit)")
+    need(c.prefix_cache_mb >= 0, "prefix_cache_mb", ">= 0")
     if c.engine == "llama" and not c.model and c.models_dir is None:
         raise ConfigError(f"{source('engine')}: key 'model' (or 'models_dir') is required when engine is "
                           f"'llama' (a GGUF path or '{BUNDLED_MODEL}')")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from zmqllm.engines.base import Engine, EngineError, GenerationRequest, GenerationResult, TokenChunk
 from zmqllm.core.membership import Load
+from zmqllm.core.prefix import CacheRecord, block_hashes, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Executor:
         self._sample_at = time.monotonic()
         self._tok_s = 0.0
         self.completed = 0
+        self.cache = CacheRecord()
+        """The prompts the engine's caches hold, as heartbeats advertise them (cache-aware routing)."""
 
     def submit(self, key: JobKey, request: GenerationRequest, on_token: OnToken, on_end: OnEnd) -> bool:
         """Start or queue a task; False when the queue is full (answer `busy`)."""
@@ -81,7 +84,8 @@ class Executor:
         if elapsed >= 0.05:
             self._tok_s = self._tokens_since_sample / elapsed
             self._tokens_since_sample, self._sample_at = 0, now
-        return Load(len(self._running), len(self._queue), self.engine.slots, self._tok_s)
+        return Load(len(self._running), len(self._queue), self.engine.slots, self._tok_s,
+                    self.cache.advertised(self.engine.prefix_capacity))
 
     @property
     def active(self) -> int:
@@ -111,10 +115,13 @@ class Executor:
         started = time.monotonic()
         first_token_at: list[float] = []
 
+        answer: list[str] = []
+
         def emit(chunk: TokenChunk) -> None:
             if not first_token_at:
                 first_token_at.append(time.monotonic())
             self._tokens_since_sample += 1
+            answer.append(chunk.text)
             job.on_token(chunk)
 
         outcome: GenerationResult | EngineError
@@ -129,11 +136,23 @@ class Executor:
             self._running.pop(job.key, None)
             self.completed += 1
         ended = time.monotonic()
+        if isinstance(outcome, GenerationResult) and outcome.finish_reason != "cancelled":
+            self._remember_prompt(job.request, "".join(answer))
         timings = _timings(started, first_token_at[0] if first_token_at else None, ended, outcome)
         try:
             job.on_end(outcome, timings)
         finally:
             self._start_ready()
+
+
+    def _remember_prompt(self, request: GenerationRequest, answer: str) -> None:
+        """The engine's cache now holds this prompt and its answer: advertise it (a resumed task's replayed
+        tokens were not emitted here, so its answer is left out: the prompt alone is what is sure)."""
+        model = request.model or (self.engine.models[0] if len(self.engine.models) == 1 else "")
+        capacity = self.engine.prefix_capacity(model) if model else 0
+        if capacity:
+            text = prompt_text(request.prompt, request.messages, None if request.resume_ids else answer)
+            self.cache.record(model, block_hashes(text), capacity)
 
 
 def _timings(

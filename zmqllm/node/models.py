@@ -34,7 +34,7 @@ def llama_engine(config: NodeConfig, model: str, cache_dir: Path, model_name: st
         return BatchedLlamaEngine(slots=config.slots, **settings)
     from zmqllm.engines.llama import LlamaEngine
 
-    return LlamaEngine(**settings, prefix_cache=config.prefix_cache)
+    return LlamaEngine(**settings, prefix_cache=config.prefix_cache, prefix_cache_mb=config.prefix_cache_mb)
 
 
 def serves_several(config: NodeConfig) -> bool:

@@ -34,7 +34,7 @@ from zmqllm.node.journal import CHECKPOINT_INTERVAL_S, JOURNAL_FILE, Journal, Re
 from zmqllm.net.keys import HANDSHAKE_FAILED, MeshKey, handshake_failure
 from zmqllm.core.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
 from zmqllm.core.ratelimit import Quiet
-from zmqllm.core.scheduler import LEAST_LOADED
+from zmqllm.core.scheduler import CACHE_AWARE
 from zmqllm.node import dispatch
 from zmqllm.node.loops import guarded
 from zmqllm.node.orchestrator import Orchestrator
@@ -111,7 +111,7 @@ class NodeSettings:
     """CURVE on every socket, admitting only holders of the same key (`zmqllm.net.keys`)."""
     journal_retention: Retention = Retention()
     """How long finished tasks stay in the journal (age and size)."""
-    routing: str = LEAST_LOADED
+    routing: str = CACHE_AWARE
     """The origin's routing policy (`zmqllm.core.scheduler.ROUTING_POLICIES`)."""
 
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from zmqllm.engines.base import EngineError, GenerationResult, TokenChunk
 from zmqllm.core.protocol import Message
-from zmqllm.core.scheduler import LEAST_LOADED, Candidate, NoRoute, Router, choose_executor
+from zmqllm.core.prefix import Placements, prompt_text
+from zmqllm.core.scheduler import CACHE_AWARE, Candidate, NoRoute, Router, choose_executor
 from zmqllm.core.tasks import OriginTask, TaskSpec, done_fields
 from zmqllm.core.validation import resume_problem, validate_spec
 from zmqllm.net.transport import Sent
@@ -36,9 +37,11 @@ journal answers). With a journal their output is not kept in memory: the journal
 class Origin:
     """Tasks this node accepted from clients."""
 
-    def __init__(self, node: OriginHost, routing: str = LEAST_LOADED) -> None:
+    def __init__(self, node: OriginHost, routing: str = CACHE_AWARE) -> None:
         self.node = node
         self.router = Router(routing, random.Random())
+        self.placements = Placements()
+        """Prompts this origin saw answered on each node: cache-aware routing knows them before a heartbeat."""
         """Where tasks go among the able nodes (`routing`); its random source is this origin's own."""
         self.tasks: OrderedDict[str, OriginTask] = OrderedDict()
         self.clients: dict[str, list[bytes]] = {}
@@ -214,12 +217,13 @@ class Origin:
         own = node.load()
         mine_here = busy.get(me.name, 0)
         result = [Candidate(me.name, me.models, "alive", me.slots, own.active + own.queued, mine_here, True,
-                            reported_mine=mine_here)]  # its own load is current: exact
+                            reported_mine=mine_here, loaded=me.loaded, cache=own.cache)]  # its own load: exact
         for peer in node.table.peers():
             load = peer.load
             result.append(Candidate(peer.name, peer.identity.models, peer.state, peer.identity.slots,
                                     load.active + load.queued, busy.get(peer.name, 0),
-                                    reported_mine=self.mine_when_reported.get(peer.name)))
+                                    reported_mine=self.mine_when_reported.get(peer.name),
+                                    loaded=peer.identity.loaded, cache=self.placements.held(peer.name, load.cache)))
         return result
 
     def _route(self, task: OriginTask, failover_reason: str | None = None) -> None:
@@ -233,7 +237,7 @@ class Origin:
             exclude = set() if pinned else task.tried | task.avoid
             try:
                 chosen, model = choose_executor(self._candidates(), task.model or spec.model, pinned, exclude,
-                                                self.router)
+                                                self.router, task.prefix)
             except NoRoute as exc:
                 if task.avoid and exc.code == "no_peer_for_model":
                     task.avoid = frozenset()  # a preference only: any node rather than none
@@ -348,7 +352,8 @@ class Origin:
             self._end_error(task, message["code"], message["message"], message["retryable"])
 
     def executor_lost(self, node_id: str, name: str, state: str) -> None:
-        """A peer died or left: its tasks cannot finish there."""
+        """A peer died or left: its tasks cannot finish there, and its caches are gone."""
+        self.placements.forget(name)
         for task in list(self.tasks.values()):
             if not task.finished and task.executor_id == node_id:
                 self._fail_over(task, f"executor {name} is {state}")
@@ -378,6 +383,10 @@ class Origin:
         if task.finished:
             return
         done = task.finish(fields)
+        if task.executor_name and task.model and done.get("finish_reason") != "cancelled":
+            spec = task.spec
+            self.placements.remember(task.executor_name, task.model,
+                                     prompt_text(spec.prompt, spec.messages, str(done.get("text", ""))))
         self._publish_task(task, finish_reason=done.get("finish_reason", ""))
         log.info("task %s done on %s (%s, %d tokens)", task.task_id, task.executor_name, done.get("finish_reason"),
                  len(task.tokens))
