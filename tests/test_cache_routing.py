@@ -6,10 +6,11 @@ origin), cache-aware routing keeps each where its history is."""
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from prometheus_client import parser
 
 from conftest import Daemon, launch, private_env, states, wait_until
 from zmqllm.client import AsyncClient
@@ -33,7 +34,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
     env = private_env(tmp_path_factory.mktemp("cache-home"))
     daemons: list[Daemon] = []
     try:
-        daemons.append(launch(env, "a", *LLAMA, engine="llama"))
+        daemons.append(launch(env, "a", *LLAMA, "--metrics", "127.0.0.1:0", engine="llama"))
         for name in ("b", "c"):
             daemons.append(launch(env, name, *LLAMA, "--peer", daemons[0].endpoint, engine="llama"))
         wait_until(lambda: set(states(daemons[0]).values()) == {"alive"} and len(states(daemons[0])) == 3, 15,
@@ -72,3 +73,15 @@ def test_each_conversation_stays_on_the_node_holding_its_history(mesh: list[Daem
     for name in QUESTIONS:
         assert placed[name][1:] == placed[name][:1] * 2, placed  # every later turn where its history is
         assert all(count > 0 for count in cached[name][1:]), cached
+    metrics = scrape(origin.ready_event["metrics"][0] + "/metrics")
+    assert metrics[("zmqllm_cached_prompt_tokens_total", "gemma3-270m")] == sum(map(sum, cached.values()))
+    assert metrics[("zmqllm_prompt_tokens_total", "gemma3-270m")] > metrics[("zmqllm_cached_prompt_tokens_total",
+                                                                             "gemma3-270m")]
+
+
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """/metrics as prometheus_client parses it: {(sample name, model label): value}."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, sample.labels.get("model", "")): sample.value
+            for family in parser.text_string_to_metric_families(text) for sample in family.samples}

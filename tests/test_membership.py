@@ -15,7 +15,7 @@ LIVENESS = Liveness(interval=0.5, suspect_after=2.0, dead_after=4.0)
 SUSPECT_S, DEAD_S = 1.0, 2.0  # seconds of silence; exact in binary floating point
 T0 = 100.0
 ROW_KEYS = {"name", "node_id", "endpoint", "models", "state", "slots", "queued", "tok_s", "heartbeat_age_s", "self",
-            "ctx", "chat", "loaded", "loading"}  # the contract's keys, plus what `zmqllm models` shows
+            "ctx", "chat", "loaded", "loading", "cache_hit"}  # the contract's keys, plus what `zmqllm models` shows
 
 ME = Identity("n-me", "me", "tcp://127.0.0.1:5000", ("gemma",), 2)
 
@@ -297,13 +297,13 @@ def test_rows_follow_the_contract() -> None:
     assert me == {
         "name": "me", "node_id": ME.node_id, "endpoint": ME.endpoint, "models": ["gemma"], "state": "alive",
         "slots": {"busy": 1, "total": 2}, "queued": 0, "tok_s": 88.89, "heartbeat_age_s": 0.0, "self": True,
-        "ctx": 0, "chat": False, "loaded": ["gemma"], "loading": [],
+        "ctx": 0, "chat": False, "loaded": ["gemma"], "loading": [], "cache_hit": None,
     }
     assert (a["name"], a["state"], a["self"], a["heartbeat_age_s"]) == ("a", "dead", False, 10.0)
     assert b == {
         "name": "b", "node_id": "id-b", "endpoint": ident("b").endpoint, "models": ["gemma", "qwen"],
         "state": "alive", "slots": {"busy": 3, "total": 4}, "queued": 5, "tok_s": 12.35, "heartbeat_age_s": 0.25,
-        "self": False, "ctx": 0, "chat": False, "loaded": ["gemma", "qwen"], "loading": [],
+        "self": False, "ctx": 0, "chat": False, "loaded": ["gemma", "qwen"], "loading": [], "cache_hit": None,
     }
     assert protocol.decode(protocol.encode(protocol.make("PEERS", peers=rows)))["peers"] == rows
 

@@ -70,6 +70,8 @@ def test_every_model_is_listed_and_none_loaded_before_use(host):
     assert sorted(rows) == ["broken", "gemma-a", "gemma-b"]  # notes.gguf is no GGUF: not served
     assert all(row["peers"] == ["host"] and row["loaded_on"] == [] for row in rows.values())
     assert "notes.gguf" in daemon.log() and "not a GGUF file" in daemon.log()
+    listing = run_cli(env, "peers", "--connect", daemon.endpoint)
+    assert "[gemma-a],[gemma-b]" in listing.stdout.replace("[broken],", ""), listing.stdout  # none loaded yet
 
 
 def test_max_loaded_one_swaps_models_and_a_third_request_brings_the_first_back(host):

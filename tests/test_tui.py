@@ -34,7 +34,10 @@ T1, T2 = "11111111aaaa", "22222222bbbb"
 
 
 def _rows(c_state: str = "alive") -> list[dict[str, Any]]:
-    return [{"name": name, "node_id": f"id-{name}", "endpoint": f"tcp://127.0.0.1:{5555 + i}", "models": ["echo"],
+    """Three nodes; b serves a second model it has not loaded, a's caches held 42 % of its prompt tokens."""
+    return [{"name": name, "node_id": f"id-{name}", "endpoint": f"tcp://127.0.0.1:{5555 + i}",
+             "models": ["echo", "tiny"] if name == "b" else ["echo"], "loaded": ["echo"], "loading": [],
+             "cache_hit": 0.42 if name == "a" else None,
              "state": c_state if name == "c" else "alive", "slots": {"busy": int(name == "b"), "total": 4},
              "queued": 0, "tok_s": 2.0 * i, "heartbeat_age_s": 0.1, "self": name == "a", "ctx": 0, "chat": True}
             for i, name in enumerate("abc")]
@@ -129,7 +132,7 @@ async def test_peers_appear_in_table_and_graph_with_edge_rates(harness: Callable
             ("a", "b"): "token", ("a", "c"): "heartbeat", ("b", "c"): "heartbeat"}
         assert h.feed.skipped == 0
         h.app.peers.focus()
-        await h.pilot.press(*"ssssss", "S")  # name → … → tok/s (a 0, b 2, c 4), then reversed
+        await h.pilot.press(*"sssssss", "S")  # name → … → tok/s (a 0, b 2, c 4), then reversed
         assert [str(h.app.peers.get_row_at(i)[0]) for i in range(3)] == ["c", "b", "a"]
         assert "sorted by tok/s ▼" in str(h.app.peers.border_subtitle)
 

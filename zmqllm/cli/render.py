@@ -19,15 +19,22 @@ def peer_table(rows: list[dict[str, Any]]) -> str:
             ("*" if r["self"] else " ") + r["name"],
             r["state"],
             r["endpoint"],
-            ",".join(r["models"]),
+            _models(r),
             f"{r['slots']['busy']}/{r['slots']['total']}",
             str(r["queued"]),
             f"{r['tok_s']:.1f}",
+            "-" if r.get("cache_hit") is None else f"{r['cache_hit']:.0%}",
             f"{r['heartbeat_age_s']:.1f}s",
         ]
         for r in rows
     ]
-    return table(["NAME", "STATE", "ENDPOINT", "MODELS", "SLOTS", "QUEUED", "TOK/S", "HEARD"], body)
+    return table(["NAME", "STATE", "ENDPOINT", "MODELS", "SLOTS", "QUEUED", "TOK/S", "CACHE HIT", "HEARD"], body)
+
+
+def _models(row: dict[str, Any]) -> str:
+    """Loaded models as they are, one loading marked '(loading)', one not loaded in brackets."""
+    loaded, loading = row.get("loaded", row["models"]), row.get("loading", ())
+    return ",".join(f"{m} (loading)" if m in loading else m if m in loaded else f"[{m}]" for m in row["models"])
 
 
 def status_lines(info: dict[str, Any]) -> str:

@@ -98,6 +98,13 @@ class Load:
     tok_s: float = 0.0
     cache: Mapping[str, frozenset[int]] = field(default_factory=dict, compare=False, hash=False)
     """Per model, the block hashes of the prompts its caches hold (`zmqllm.core.prefix`)."""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens this node ran since it started, and of them those a cache held (its cache hit rate)."""
+
+    @property
+    def cache_hit(self) -> float | None:
+        return round(self.cached_tokens / self.prompt_tokens, 3) if self.prompt_tokens else None
 
     @classmethod
     def from_fields(cls, load: dict[str, Any]) -> Load:
@@ -107,12 +114,14 @@ class Load:
             return kind(value) if usable else kind(0)
 
         return cls(number("active", int), number("queued", int), number("slots", int), number("tok_s", float),
-                   parse_advertised(load.get("cache")))
+                   parse_advertised(load.get("cache")), number("prompt_tokens", int), number("cached_tokens", int))
 
     def as_fields(self) -> dict[str, Any]:
         fields = {"active": self.active, "queued": self.queued, "slots": self.slots, "tok_s": round(self.tok_s, 2)}
         if self.cache:
             fields["cache"] = {model: list(hashes) for model, hashes in self.cache.items()}
+        if self.prompt_tokens:
+            fields.update(prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens)
         return fields
 
 
@@ -299,6 +308,7 @@ def _row(peer: Peer, now: float, is_self: bool) -> dict[str, Any]:
         "chat": identity.chat,
         "loaded": list(identity.loaded_models),
         "loading": list(identity.loading),
+        "cache_hit": load.cache_hit,
         "queued": load.queued,
         "tok_s": round(load.tok_s, 2),
         "heartbeat_age_s": round(max(0.0, now - peer.last_seen), 3),

@@ -81,6 +81,8 @@ class NodeStats:
     """Tasks originated here that ended, by outcome."""
     prompt_tokens: Counter[str] = field(default_factory=Counter)
     generated_tokens: Counter[str] = field(default_factory=Counter)
+    cached_prompt_tokens: Counter[str] = field(default_factory=Counter)
+    """Of `prompt_tokens`, those a cache held (not computed again)."""
     """Tokens of the tasks originated here, by the model that ran them."""
     failovers: int = 0
     resumed_tokens: int = 0
@@ -119,3 +121,4 @@ class NodeStats:
         if final_type == "DONE" and model is not None:
             self.prompt_tokens[model] += int(usage.get("prompt_tokens") or 0)
             self.generated_tokens[model] += int(usage.get("completion_tokens") or 0)
+            self.cached_prompt_tokens[model] += int(usage.get("cached_tokens") or 0)

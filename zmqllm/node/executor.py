@@ -51,6 +51,8 @@ class Executor:
         self._sample_at = time.monotonic()
         self._tok_s = 0.0
         self.completed = 0
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
         self.cache = CacheRecord()
         """The prompts the engine's caches hold, as heartbeats advertise them (cache-aware routing)."""
 
@@ -85,7 +87,7 @@ class Executor:
             self._tok_s = self._tokens_since_sample / elapsed
             self._tokens_since_sample, self._sample_at = 0, now
         return Load(len(self._running), len(self._queue), self.engine.slots, self._tok_s,
-                    self.cache.advertised(self.engine.prefix_capacity))
+                    self.cache.advertised(self.engine.prefix_capacity), self.prompt_tokens, self.cached_tokens)
 
     @property
     def active(self) -> int:
@@ -136,8 +138,11 @@ class Executor:
             self._running.pop(job.key, None)
             self.completed += 1
         ended = time.monotonic()
-        if isinstance(outcome, GenerationResult) and outcome.finish_reason != "cancelled":
-            self._remember_prompt(job.request, "".join(answer))
+        if isinstance(outcome, GenerationResult):
+            self.prompt_tokens += outcome.prompt_tokens
+            self.cached_tokens += outcome.cached_tokens
+            if outcome.finish_reason != "cancelled":
+                self._remember_prompt(job.request, "".join(answer))
         timings = _timings(started, first_token_at[0] if first_token_at else None, ended, outcome)
         try:
             job.on_end(outcome, timings)

@@ -36,6 +36,8 @@ class NodeCollector(Collector):
                       stats.tasks, "outcome")
         yield counter("zmqllm_prompt_tokens", "prompt tokens of tasks originated here, by model",
                       stats.prompt_tokens, "model")
+        yield counter("zmqllm_cached_prompt_tokens", "prompt tokens of tasks originated here that a cache held "
+                      "(not computed again), by model", stats.cached_prompt_tokens, "model")
         yield counter("zmqllm_generated_tokens", "tokens generated for tasks originated here, by model",
                       stats.generated_tokens, "model")
         yield counter("zmqllm_failovers", "tasks moved to another executor mid-way", stats.failovers)

@@ -16,7 +16,7 @@ from textual.widgets import DataTable
 
 from zmqllm.tui.state import PeerInfo
 
-COLUMNS = ("name", "endpoint", "models", "state", "slots", "queued", "tok/s", "hb age")
+COLUMNS = ("name", "endpoint", "models", "state", "slots", "cache", "queued", "tok/s", "hb age")
 STATE_COLOURS = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "bright_black",
                  "unknown": "bright_black"}
 SPARK_BARS = "▁▂▃▄▅▆▇█"
@@ -46,9 +46,25 @@ def peer_cells(peer: PeerInfo) -> tuple[Any, ...]:
     """The row for one peer, in COLUMNS order."""
     age = "-" if peer.heartbeat_age_s is None else f"{peer.heartbeat_age_s:.1f}s"
     name = Text(peer.name, style="bold") if peer.is_self else peer.name
-    return (name, peer.endpoint, ",".join(peer.models), Text(peer.state, style=STATE_COLOURS.get(peer.state, "")),
-            f"{peer.busy}/{peer.total}", str(peer.queued),
+    cache = "-" if peer.cache_hit is None else f"{peer.cache_hit:.0%}"
+    return (name, peer.endpoint, model_cell(peer), Text(peer.state, style=STATE_COLOURS.get(peer.state, "")),
+            f"{peer.busy}/{peer.total}", cache, str(peer.queued),
             f"{peer.tok_s:6.1f} {sparkline(peer.tok_history)}", age)
+
+
+def model_cell(peer: PeerInfo) -> Text:
+    """Every model the node serves: loaded ones plain, loading ones yellow with '…', the others dim."""
+    cell = Text()
+    for i, model in enumerate(peer.models):
+        if i:
+            cell.append(",")
+        if model in peer.loading:
+            cell.append(model + "…", style="yellow")
+        elif peer.loaded is None or model in peer.loaded:
+            cell.append(model)
+        else:
+            cell.append(model, style="dim")
+    return cell
 
 
 class PeersTable(DataTable[Any]):

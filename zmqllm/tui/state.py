@@ -47,6 +47,11 @@ class PeerInfo:
     name: str
     endpoint: str = ""
     models: tuple[str, ...] = ()
+    loaded: tuple[str, ...] | None = None
+    """Of `models`, those loaded now (None: all)."""
+    loading: tuple[str, ...] = ()
+    cache_hit: float | None = None
+    """Share of the node's prompt tokens its caches held."""
     state: str = "alive"
     busy: int = 0
     total: int = 0
@@ -173,6 +178,11 @@ class MeshState:
             slots = row.get("slots") or {}
             info.endpoint = str(row.get("endpoint", info.endpoint))
             info.models = tuple(row.get("models") or ())
+            loaded = row.get("loaded")
+            info.loaded = None if loaded is None else tuple(loaded)
+            info.loading = tuple(row.get("loading") or ())
+            hit = row.get("cache_hit")
+            info.cache_hit = float(hit) if isinstance(hit, (int, float)) else None
             if now >= info.state_ts:
                 info.state, info.state_ts = str(row.get("state", info.state)), now
             info.busy, info.total = int(slots.get("busy", 0)), int(slots.get("total", 0))
