@@ -91,11 +91,11 @@ async def wait_for_nodes(base: str, model: str, nodes: int) -> None:
 
 
 @contextlib.contextmanager
-def llama_server(binary: str, model: Path, threads: int, ctx: int) -> Iterator[str]:
-    """`llama-server -np 1` on a free port, settings as the zmqllm daemon's; yields its base URL. Raises
-    RuntimeError saying why when it does not come up."""
+def llama_server(binary: str, model: Path, threads: int, ctx: int, slots: int = 1) -> Iterator[str]:
+    """`llama-server -np SLOTS` (`ctx` tokens in all) on a free port, settings as the zmqllm daemon's; yields its
+    base URL. Raises RuntimeError saying why when it does not come up."""
     port = _free_port()
-    proc = subprocess.Popen([binary, "-m", str(model), "-np", "1", "-c", str(ctx), "-t", str(threads),
+    proc = subprocess.Popen([binary, "-m", str(model), "-np", str(slots), "-c", str(ctx), "-t", str(threads),
                              "-tb", str(threads), "-ngl", "0", "-fa", "off", "--swa-full", "--host", "127.0.0.1",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
