@@ -363,3 +363,45 @@ def test_greedy_argmax_picks_what_llama_cpps_greedy_sampler_picks(engine: Batche
             sampler.free()
         ctx.close()
         llm.close()
+
+
+# --- prefix reuse --------------------------------------------------------------------
+
+
+def test_a_next_turn_takes_the_slot_holding_its_history_and_skips_it(cache_dir: Path) -> None:
+    """Two conversations on four slots: each next turn goes to the slot whose cells hold its first turn, reuses
+    them (`cached_tokens`), and answers as a solo pass would (scored by teacher forcing, as above)."""
+    eng = open_engine(cache_dir, n_ctx=512)
+    try:
+        firsts = ["The history of the city of Rome spans over two and a half thousand years. " * 3,
+                  "Volcanoes form where tectonic plates meet and magma rises to the surface. " * 3]
+        turn1 = run_together(eng, [Req(p, max_tokens=8) for p in firsts])
+        seconds = [p + eng._llm.detokenize(o.ids).decode() + " Tell me more." for p, o in zip(firsts, turn1)]
+        async def go() -> list[Out]:  # the other conversation first: each must still find its own slot
+            return list(await asyncio.gather(*[(await start(eng, Req(p, max_tokens=8)))[0] for p in seconds[::-1]]))
+
+        turn2 = asyncio.run(go())[::-1]
+        slots = [e.slot for e in events(eng, "admit", [o.serial for o in turn2])]
+        assert slots == [0, 1], slots
+        for prompt, first, out in zip(firsts, turn1, turn2):
+            assert out.result.cached_tokens >= prompt_len(eng, prompt) + len(first.ids) - 2, out.result
+        fresh = open_engine(cache_dir, n_ctx=512, prefix_cache=False)
+        try:
+            alone = [run_one(fresh, Req(p, max_tokens=8)) for p in seconds]
+            assert all(o.result.cached_tokens == 0 for o in alone)
+        finally:
+            asyncio.run(fresh.close())
+        assert eng.prefix_capacity("gemma3-270m") == SLOTS
+        scorer = llama_cpp.Llama(model_path=str(eng.model_path), n_ctx=512, n_threads=N_THREADS, logits_all=True,
+                                 flash_attn=False, verbose=False)
+        try:
+            for prompt, out in zip(seconds, turn2):
+                tokens = tokenize_prompt(eng._llm, prompt)
+                scorer.reset()
+                scorer.eval(tokens + out.ids)
+                rows = scorer.scores[len(tokens) - 1: len(tokens) - 1 + len(out.ids)]
+                assert max(float(row.max() - row[t]) for row, t in zip(rows, out.ids)) <= MAX_LOGIT_GAP
+        finally:
+            scorer.close()
+    finally:
+        asyncio.run(eng.close())

@@ -4,8 +4,10 @@ Continuous batching: one worker thread owns the model and loops over decode
 steps. A step holds one token of every sequence past its prompt plus chunks of
 new prompts (at most `prefill_chunk` tokens, so a long prompt never stalls the
 running streams). A request joins at the first step after a slot frees (lowest
-free slot first); a finished or cancelled sequence leaves at once and its KV
-cells are freed. A step's tokens (and results) cross back to the event loop
+free slot whose cells share the longest prefix with its prompt, at least
+`MIN_REUSE_TOKENS`, else the lowest free slot); a finished or cancelled sequence leaves at once, and its slot
+keeps its cells until a request takes the slot: one sharing a prefix with them
+(a chat's next turn, the same system prompt) starts after it (`cached_tokens`). A step's tokens (and results) cross back to the event loop
 together, with one `loop.call_soon_threadsafe` (`StepOutbox`), the result
 through a future.
 
@@ -41,6 +43,7 @@ from zmqllm.engines.bundled import resolve_model_path
 from zmqllm.engines.handoff import StepOutbox, TokenHandoff
 from zmqllm.engines.llama_base import LlamaModelEngine
 from zmqllm.engines.llama_api import is_end_of_generation, tokenize_prompt, vocab_size
+from zmqllm.engines.llama_states import shared_prefix
 from zmqllm.engines.llama_text import chat_renderer
 from zmqllm.engines.sampling import TokenText, parse_sampling
 
@@ -49,6 +52,9 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK_TOKENS = 128
 """Prompt tokens decoded per step next to the running sequences: on the 2-core dev
 machine a step then takes ≈ 0.2 s instead of ≈ 2 s for a whole 1,500-token prompt."""
+MIN_REUSE_TOKENS = 16
+"""Shared tokens below which a slot's cells are not reused (a shared BOS and a word are not worth the slot's
+other cached prefix, and fresh slots keep the schedule repeatable: lowest free slot first)."""
 TRACE_EVENTS = 256
 """Slot events kept for `trace()` (the oldest are dropped)."""
 
@@ -64,7 +70,7 @@ class BatchedLlamaEngine(LlamaModelEngine):
     def __init__(self, *, model: str, model_name: str | None = None, cache_dir: Path, n_ctx: int = 2048,
                  n_threads: int | None = None, n_gpu_layers: int = 0, n_batch: int = 512, flash_attn: bool = True,
                  chat_format: str | None = None, verbose: bool = False, slots: int = 4,
-                 prefill_chunk: int = PREFILL_CHUNK_TOKENS) -> None:
+                 prefill_chunk: int = PREFILL_CHUNK_TOKENS, prefix_cache: bool = True) -> None:
         if not 1 <= slots < n_batch or prefill_chunk < 1:
             raise ValueError(f"need 1 <= slots < n_batch (a step holds a token of every slot) and prefill_chunk >= 1; "
                              f"got slots={slots}, n_batch={n_batch}, prefill_chunk={prefill_chunk}")
@@ -73,6 +79,10 @@ class BatchedLlamaEngine(LlamaModelEngine):
                          chat_format=chat_format, verbose=verbose)
         self.slots = slots
         self.prefill_chunk = prefill_chunk
+        self.prefix_cache = prefix_cache
+        """Whether a free slot keeps its last sequence's cells for a request sharing its prefix."""
+        self._held: list[list[int]] = [[] for _ in range(slots)]
+        """Per slot, the tokens its cells hold while it is free (worker thread only)."""
         self.steps = 0  # decode steps run so far
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -272,14 +282,15 @@ class BatchedLlamaEngine(LlamaModelEngine):
                 if self._holds or not self._pending or not free:
                     return
                 job = self._pending.popleft()
-            run = self._start(job, free[0])
+            run = self._start(job, free)
             if run is not None:
                 with self._lock:
-                    self._slots[free[0]] = run
-                    self._trace.append(SlotEvent(self.steps, "admit", free[0], job.serial))
+                    self._slots[run.seq.slot] = run
+                    self._trace.append(SlotEvent(self.steps, "admit", run.seq.slot, job.serial))
 
-    def _start(self, job: Job, slot: int) -> Generation | None:
-        """Tokenise and check a request; None when it ends before taking the slot."""
+    def _start(self, job: Job, free: list[int]) -> Generation | None:
+        """Tokenise and check a request and give it the free slot whose cells share the longest prefix with its
+        prompt (the lowest when none does); None when it ends before taking a slot."""
         request = job.request
         try:
             prompt = tokenize_prompt(self._llm, request.prompt)
@@ -293,6 +304,7 @@ class BatchedLlamaEngine(LlamaModelEngine):
         if max_new <= 0 or job.stopped():
             job.resolve(GenerationResult("cancelled" if job.stopped() else "length", n_prompt, 0))
             return None
+        slot, keep = self._best_slot(free, prompt)
         chain = SamplerChain.build(self._lc, job.sampling, self._n_vocab, job.sampling.seed_to_use())
         for token in resume:
             chain.accept(token)
@@ -300,7 +312,22 @@ class BatchedLlamaEngine(LlamaModelEngine):
         # create_completion starts an empty prompt's completion with BOS.
         text = TokenText(job.stops, bos_id=self._llm.token_bos(),
                          strip_space=request.prompt == "" and not resume)
-        return Generation(job, Sequence(slot, job.serial, prompt, resume), chain, text, max_new)
+        return Generation(job, Sequence(slot, job.serial, prompt, resume, fed=keep, cached=keep), chain, text, max_new)
+
+    def _best_slot(self, free: list[int], prompt: list[int]) -> tuple[int, int]:
+        """The free slot to take and how many of its cells to keep (at least the prompt's last token is computed
+        again: its logits start the sampling). The others keep what they hold for later requests."""
+        best, keep = free[0], 0
+        if self.prefix_cache:
+            for slot in free:
+                shared = min(shared_prefix(self._held[slot], prompt), len(prompt) - 1)
+                if shared >= MIN_REUSE_TOKENS and shared > keep:
+                    best, keep = slot, shared
+        assert self._batch_ctx is not None
+        if not self._batch_ctx.trim_slot(best, keep):
+            keep = 0
+        self._held[best] = []
+        return best, keep
 
     def _step(self) -> None:
         """One decode step: the planned rows, then a token sampled for every
@@ -337,8 +364,16 @@ class BatchedLlamaEngine(LlamaModelEngine):
             self._trace.append(SlotEvent(self.steps, "free", slot, run.job.serial,
                                          outcome if isinstance(outcome, str) else "error"))
         if self._batch_ctx is not None:
-            self._batch_ctx.free_slot(slot)
+            if self.prefix_cache and not isinstance(outcome, EngineError):
+                self._held[slot] = run.seq.in_cache()
+            else:
+                self._batch_ctx.free_slot(slot)
+                self._held[slot] = []
         run.finish(outcome)
+
+    def prefix_capacity(self, model: str) -> int:
+        """Each slot keeps its last sequence's cells while free."""
+        return self.slots if self.prefix_cache else 0
 
     def _shutdown(self, reason: str) -> None:
         with self._lock:

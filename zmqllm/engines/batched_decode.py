@@ -25,7 +25,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +76,12 @@ class Sequence:
     fed: int = 0  # tokens in the KV cache (= position of the next one)
     sampled: int | None = None  # the token to decode next, once sampling began
     completion_tokens: int = 0  # new tokens kept (an end-of-generation token excluded)
+    cached: int = 0  # prompt tokens the slot's cells already held when it started (`fed` began there)
+    sampled_ids: list[int] = field(default_factory=list)  # every token sampled to be fed, in order
+
+    def in_cache(self) -> list[int]:
+        """The tokens whose cells the slot holds: what a next request on this slot may reuse."""
+        return (self.prompt + self.resume + self.sampled_ids)[: self.fed]
 
     @property
     def phase(self) -> SlotPhase:
@@ -166,6 +172,7 @@ class Generation:
         if chunk is not None:
             self.job.deliver(chunk)
         self.seq.sampled = token
+        self.seq.sampled_ids.append(token)
         return None
 
     def finish(self, outcome: FinishReason | EngineError) -> None:
@@ -178,7 +185,8 @@ class Generation:
         rest = self.text.take_rest()
         if rest is not None:
             self.job.deliver(rest)
-        self.job.resolve(GenerationResult(outcome, len(self.seq.prompt), self.seq.completion_tokens))
+        self.job.resolve(GenerationResult(outcome, len(self.seq.prompt), self.seq.completion_tokens,
+                                          self.seq.cached))
 
 
 def load_model(path: Path, *, slots: int, ctx_per_slot: int, n_batch: int, n_threads: int | None,

@@ -239,6 +239,14 @@ class BatchContext:
         """Forget a slot's KV cells (its whole sequence)."""
         self.lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
 
+    def trim_slot(self, slot: int, keep: int) -> bool:
+        """Forget a slot's cells from position `keep` on; False (and the whole slot forgotten) when the memory
+        cannot cut a sequence there (a sliding-window cache that is not full-size)."""
+        if self.lc.llama_memory_seq_rm(self.memory, slot, keep, -1):
+            return True
+        self.free_slot(slot)
+        return False
+
     def close(self) -> None:
         if self._batch is not None:
             self.lc.llama_batch_free(self._batch)

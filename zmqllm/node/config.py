@@ -199,9 +199,10 @@ KEYS: dict[str, Key] = dict([
     _key("chat_format", str, "llama chat template name (default: from the model)", optional=True),
     _key("flash_attn", bool, "llama flash attention (default: on when slots > 1, as llama-server's 'auto' "
                              "picks on CPU and GPU; off for slots = 1, as llama-cpp-python)", optional=True),
-    _key("prefix_cache", str, "llama, slots = 1: what a prompt reuses of the cached prefix it shares with the last "
-                              "one: exact (whole batch-size chunks, greedy output unchanged), longest (every "
-                              "shared token; greedy text may differ from a fresh run's), off",
+    _key("prefix_cache", str, "llama: what a prompt reuses of a cached prefix it shares: exact (whole batch-size "
+                              "chunks, greedy output unchanged), longest (every shared token; greedy text may "
+                              "differ from a fresh run's), off; with slots > 1, exact and longest both reuse the "
+                              "longest (batching never promised a fresh run's output)",
          choices=("exact", "longest", "off")),
     _key("prefix_cache_mb", float, "llama, slots = 1: MiB of recent prompts' contexts kept besides the live one, so "
                                    "several conversations keep their history cached (0 = the live context only)"),

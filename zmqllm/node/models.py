@@ -31,7 +31,7 @@ def llama_engine(config: NodeConfig, model: str, cache_dir: Path, model_name: st
     if (config.slots or 1) > 1:  # continuous batching: several sequences in one llama.cpp context
         from zmqllm.engines.batched import BatchedLlamaEngine
 
-        return BatchedLlamaEngine(slots=config.slots, **settings)
+        return BatchedLlamaEngine(slots=config.slots, prefix_cache=config.prefix_cache != "off", **settings)
     from zmqllm.engines.llama import LlamaEngine
 
     return LlamaEngine(**settings, prefix_cache=config.prefix_cache, prefix_cache_mb=config.prefix_cache_mb)
