@@ -266,7 +266,7 @@ def test_a_bind_other_machines_reach_needs_a_mesh_key_or_consent(endpoint, tmp_p
 # --- KEYS, examples, data dir -------------------------------------------------
 
 def test_keys_table_matches_dataclass():
-    assert list(KEYS) == [f.name for f in dataclasses.fields(NodeConfig)]
+    assert list(KEYS) == [f.name for f in dataclasses.fields(NodeConfig) if f.name != "per_model"]  # a table, no flag
     assert KEYS["queue_limit"].env_var == "ZMQLLM_QUEUE_LIMIT"
     assert KEYS["queue_limit"].flag == "--queue-limit"
     assert KEYS["queue_limit"].default == 64 and KEYS["name"].default is None
@@ -372,3 +372,26 @@ def test_a_metrics_address_beyond_loopback_needs_a_key_as_http_does():
     with pytest.raises(ConfigError, match="METRICS: HTTP address 0.0.0.0:9464 is reachable from other machines"):
         load_config(env={"ZMQLLM_METRICS": "0.0.0.0:9464"})
     assert load_config(env={"ZMQLLM_METRICS": "0.0.0.0:9464", "ZMQLLM_API_KEY": "k"}).metrics == ("0.0.0.0:9464",)
+
+
+def test_per_model_tables_set_slots_ctx_and_template_for_one_model(tmp_path):
+    from zmqllm.node.models import for_model
+
+    path = write(tmp_path, 'model = ["bundled:gemma3-270m"]\nslots = 1\n'
+                           '[models.gemma3-270m]\nslots = 4\nctx = 1024\nchat_format = "plain"\n'
+                           '[models.other]\nprefix_cache = "off"\n')
+    config = load_config(path, env={})
+    own = for_model(config, "gemma3-270m")
+    assert (own.slots, own.ctx, own.chat_format, own.flash_attn) == (4, 1024, "plain", True)
+    assert for_model(config, "other").prefix_cache == "off" and for_model(config, "x") == config
+    assert config.slots == 1 and config.ctx == 2048  # the node's own settings are untouched
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ("[models.m]\nbind = \"tcp://x:1\"\n", "[models.m]: key 'bind' cannot be set per model"),
+    ("[models.m]\nslots = 0\n", "[models.m]: key 'slots' must be a valid value"),
+    ("[models.m]\nctx = \"big\"\n", "[models.m]: key 'ctx' must be an integer"),
+    ("models = 3\n", "key 'models' must be"),
+])
+def test_per_model_tables_refuse_what_they_cannot_set(tmp_path, table, expected):
+    assert expected in error_of(path=write(tmp_path, table))

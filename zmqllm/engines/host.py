@@ -40,6 +40,8 @@ class ModelSpec:
     make: Callable[[], Engine]
     stamp: float = 0.0
     """The file's modification time: a model that failed to load is tried again once its file changes."""
+    slots: int = 1
+    """Requests this model runs at once (the host runs as many as its largest model)."""
 
 
 class ModelHost(Engine):

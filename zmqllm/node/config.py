@@ -102,6 +102,9 @@ class NodeConfig:
     """None until `load_config` resolves it: on when llama batches (slots > 1)."""
     prefix_cache: str = "exact"
     prefix_cache_mb: float = 256.0
+    per_model: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    """`[models.NAME]` tables of the file: settings for one model of a node serving several (see
+    `PER_MODEL_KEYS`), as (name, ((key, value), ...)) pairs."""
     http: tuple[str, ...] = ()
     api_key: str | None = None
     """Comma-separated when there are several; never logged or shown."""
@@ -150,7 +153,9 @@ class Key:
         return None if field.default is dataclasses.MISSING else field.default
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "per_model"}
+PER_MODEL_KEYS = ("slots", "ctx", "chat_format", "prefix_cache")
+"""What a `[models.NAME]` table may set for that model alone (the rest is the node's)."""
 
 
 def _key(name: str, typ: type, help: str, **kw: Any) -> tuple[str, Key]:
@@ -299,12 +304,38 @@ def _read_file(path: str | os.PathLike) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         message = " ".join(str(exc).split())
         raise ConfigError(f"{shown}: invalid TOML: {message}") from None
-    values = {}
+    values: dict[str, Any] = {}
     for name, value in doc.items():
+        if name == "models":
+            if not isinstance(value, dict):
+                raise _fail(shown, name, "tables of per-model settings ([models.NAME])", show_value(value))
+            values["per_model"] = _per_model(value, shown)
+            continue
         if name not in KEYS:
             raise ConfigError(f"{shown}: unknown key '{name}'{_suggest(name)}")
         values[name] = _typed(KEYS[name], value, shown)
     return values
+
+
+def _per_model(tables: dict[str, Any], source: str) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """`[models.NAME]` tables, each key checked as the node-wide key is."""
+    out = []
+    for model, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: 'models.{model}' must be a table ([models.{model}]), got {show_value(table)}")
+        settings = []
+        for key, value in table.items():
+            if key not in PER_MODEL_KEYS:
+                raise ConfigError(f"{source}: [models.{model}]: key '{key}' cannot be set per model (only "
+                                  f"{', '.join(PER_MODEL_KEYS)})")
+            typed = _typed(KEYS[key], value, f"{source}: [models.{model}]")
+            if key == "slots" and typed < 1 or key == "ctx" and typed < MIN_CTX_TOKENS or (
+                    key == "prefix_cache" and typed not in KEYS[key].choices):
+                raise _fail(f"{source}: [models.{model}]", key, "a valid value (as the node-wide key)",
+                            show_value(typed))
+            settings.append((key, typed))
+        out.append((model, tuple(settings)))
+    return tuple(out)
 
 
 def _suggest(name: str) -> str:

@@ -9,6 +9,7 @@ unloaded once idle). A file that is not a GGUF is skipped with one warning namin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -23,8 +24,17 @@ RESCAN_S = 5.0
 """Seconds between looks at `models_dir`: a file copied in is servable within this (a listdir: cheap)."""
 
 
+def for_model(config: NodeConfig, name: str) -> NodeConfig:
+    """The node's settings with the model's own `[models.NAME]` table over them."""
+    own = dict(dict(config.per_model).get(name, ()))
+    if "slots" in own and "flash_attn" not in own:
+        own["flash_attn"] = config.flash_attn if (config.slots or 1) > 1 else own["slots"] > 1
+    return dataclasses.replace(config, **own) if own else config
+
+
 def llama_engine(config: NodeConfig, model: str, cache_dir: Path, model_name: str | None = None) -> Engine:
-    """Make (not yet load) the llama engine for one model with the node's settings."""
+    """Make (not yet load) the llama engine for one model with the node's settings (its own table's first)."""
+    config = for_model(config, advertised_name(model, model_name))
     settings = dict(model=model, model_name=model_name, cache_dir=cache_dir, n_ctx=config.ctx,
                     n_threads=config.threads, n_gpu_layers=config.gpu_layers, n_batch=config.batch,
                     flash_attn=bool(config.flash_attn), chat_format=config.chat_format)
@@ -54,7 +64,8 @@ def model_specs(config: NodeConfig, cache_dir: Path, warned: set[tuple[str, floa
         if name in found:
             raise EngineError("bad_request", f"two models are named {name!r}: {found[name].source} and {model}; "
                                              "rename one file")
-        found[name] = ModelSpec(name, model, lambda: llama_engine(config, model, cache_dir), stamp)
+        found[name] = ModelSpec(name, model, lambda: llama_engine(config, model, cache_dir), stamp,
+                                for_model(config, name).slots or 1)
 
     for model in config.model:
         add(model, _stamp(Path(model).expanduser()))
@@ -83,7 +94,11 @@ def model_host(config: NodeConfig, cache_dir: Path) -> ModelHost:
     specs = model_specs(config, cache_dir, set())
     if not specs:
         raise EngineError("engine_failed", f"no GGUF model to serve in {config.models_dir}")
-    return ModelHost(specs, config.max_loaded, config.slots or 1, config.ctx)
+    for name, _ in config.per_model:
+        if name not in {spec.name for spec in specs}:
+            log.warning("[models.%s] names no model this node serves (it serves %s)", name,
+                        ", ".join(spec.name for spec in specs))
+    return ModelHost(specs, config.max_loaded, max(spec.slots for spec in specs), config.ctx)
 
 
 async def rescan_forever(host: ModelHost, config: NodeConfig, cache_dir: Path) -> None:
