@@ -21,7 +21,7 @@ from typing import Any
 from zmqllm.bench.mesh import _wait_for_peer, daemons
 from zmqllm.client import AsyncClient
 
-SPEC = Path(__file__).resolve().parent.parent / "configs" / "workflows" / "map-reduce-summary.toml"
+SPEC = Path(__file__).resolve().parents[2] / "configs" / "workflows" / "map-reduce-summary.toml"
 ECHO_RATE = 200.0
 """Echo tokens per second per node: a fixed per-node capacity."""
 PARAGRAPH = ("The harbour town of Velm grew around its lighthouse. Fishermen sold their catch at dawn, and the market "
