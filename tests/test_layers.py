@@ -18,8 +18,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "http": {"core", "http"},
     "node": {"core", "net", "engines", "workflow", "http", "node"},
     "tui": {"core", "client", "workflow", "tui"},
+    "sim": {"core", "sim"},
     "bench": {"core", "net", "engines", "workflow", "client", "http", "node", "tui", "bench"},
-    "cli": {"core", "net", "engines", "workflow", "client", "http", "node", "tui", "bench", "cli"},
+    "cli": {"core", "net", "engines", "workflow", "client", "http", "node", "tui", "bench", "sim", "cli"},
 }
 """Each layer and the layers it may import (itself included); `zmqllm` itself (the version) is open to all."""
 

@@ -7,7 +7,7 @@ import os
 import click
 
 from zmqllm import __version__
-from zmqllm.cli import bench, daemon, info, keys, mesh, shell, tasks, workflows
+from zmqllm.cli import bench, daemon, info, keys, mesh, shell, sim, tasks, workflows
 from zmqllm.cli.common import EXIT_USAGE, CliError
 from zmqllm.net import keys as mesh_keys
 
@@ -42,5 +42,5 @@ def main(ctx: click.Context, mesh_key: str | None) -> None:
 
 for command in (daemon.daemon, daemon.up, mesh.peers, mesh.status, mesh.models, mesh.tasks, mesh.result, mesh.cancel,
                 tasks.submit, tasks.chat, workflows.run, workflows.runs, workflows.workflows, keys.keys_group,
-                mesh.dash, bench.bench, info.info, shell.install_shell):
+                mesh.dash, bench.bench, sim.sim, info.info, shell.install_shell):
     main.add_command(command)
