@@ -101,6 +101,8 @@ class Load:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     """Prompt tokens this node ran since it started, and of them those a cache held (its cache hit rate)."""
+    speed: float = 0.0
+    """Decode tokens/s of one request on this node, a moving average; 0 until known."""
 
     @property
     def cache_hit(self) -> float | None:
@@ -114,7 +116,8 @@ class Load:
             return kind(value) if usable else kind(0)
 
         return cls(number("active", int), number("queued", int), number("slots", int), number("tok_s", float),
-                   parse_advertised(load.get("cache")), number("prompt_tokens", int), number("cached_tokens", int))
+                   parse_advertised(load.get("cache")), number("prompt_tokens", int), number("cached_tokens", int),
+                   max(0.0, number("speed", float)))
 
     def as_fields(self) -> dict[str, Any]:
         fields = {"active": self.active, "queued": self.queued, "slots": self.slots, "tok_s": round(self.tok_s, 2)}
@@ -122,6 +125,8 @@ class Load:
             fields["cache"] = {model: list(hashes) for model, hashes in self.cache.items()}
         if self.prompt_tokens:
             fields.update(prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens)
+        if self.speed:
+            fields["speed"] = round(self.speed, 2)
         return fields
 
 

@@ -17,8 +17,11 @@ The default policy, `cache-aware`, also counts what a node would not compute aga
 its leading blocks with prompts the node's cache holds (`zmqllm.core.prefix`), and the node's cost drops by
 `CACHE_WEIGHT` times the share of the prompt it holds. So a conversation's next turn goes back to the node that
 holds its history, unless that node has a full slot's worth more work per slot than another (then the wait
-would cost more than the prefill saved). With no cache to match (short prompts, the echo engine) it is exactly
-`least-loaded`, the rule above. The others exist to be compared with it (`zmqllm bench
+would cost more than the prefill saved). It also counts speed: a node measured `SPEED_TOLERANCE` (1.25) or more times slower
+than the fastest able one (heartbeats carry each node's decode tokens/s per request) counts its outstanding work
+and the new task's that many times over, so the task waits where it will finish first: an idle node 4× slower
+takes work only once the fast ones have three tasks per slot queued. With no cache to match and no speed
+difference it is exactly `least-loaded`, the rule above. The others exist to be compared with it (`zmqllm bench
 routing`) and for operators who want them: `power-of-two` (Ray Serve's default: two able nodes drawn at random,
 the one with less outstanding work per slot), `round-robin` and `random`. A pinned peer and the nodes excluded
 (tried already, or to avoid) are the same for every policy: a policy only picks among the able nodes.
@@ -38,6 +41,9 @@ POWER_OF_TWO = "power-of-two"
 ROUND_ROBIN = "round-robin"
 RANDOM = "random"
 ROUTING_POLICIES = (CACHE_AWARE, LEAST_LOADED, POWER_OF_TWO, ROUND_ROBIN, RANDOM)
+SPEED_TOLERANCE = 1.25
+"""How many times slower than the fastest able node a node must be before cache-aware routing counts it: nearer
+speeds are one machine's noise, and equal machines must keep splitting work by load alone."""
 COLD_LOAD_COST = 1.0
 """What loading the model first adds to a node's cost, in outstanding tasks per slot."""
 CACHE_WEIGHT = 1.0
@@ -62,6 +68,8 @@ class Candidate:
     """Of `models`, those loaded now; None: all."""
     cache: Mapping[str, frozenset[int]] = field(default_factory=dict, compare=False)
     """Per model, the prompt block hashes its caches hold."""
+    speed: float = 0.0
+    """Decode tokens/s of one request there (0: not known yet)."""
 
     @property
     def outstanding(self) -> int:
@@ -110,7 +118,8 @@ class Router:
         """One of `able` (not empty) for a request of `model` whose prompt's block hashes are `prefix`, by this
         router's policy."""
         if self.policy == CACHE_AWARE:
-            return min(able, key=lambda c: _cost(c, model, prefix))
+            fastest = max(c.speed for c in able)
+            return min(able, key=lambda c: _cost(c, model, prefix, fastest))
         if self.policy == LEAST_LOADED:
             return min(able, key=lambda c: _cost(c, model))
         ordered = sorted(able, key=lambda c: c.name)  # a fixed order, whatever order the table listed them in
@@ -123,10 +132,15 @@ class Router:
         return chosen
 
 
-def _cost(c: Candidate, model: str, prefix: Sequence[int] = ()) -> tuple[float, bool, bool, bool, str]:
-    """Least outstanding work per slot first (a cold load counted, the cache held taken off); then loaded before
-    cold, alive before suspect, this node, then by name."""
+def _cost(c: Candidate, model: str, prefix: Sequence[int] = (), fastest: float = 0.0
+          ) -> tuple[float, bool, bool, bool, str]:
+    """Least outstanding work per slot first (a cold load counted, the cache held taken off; with `fastest`, a
+    node k times slower than it counts its work and the task's own k times); then loaded before cold, alive
+    before suspect, this node, then by name."""
     cost = c.outstanding / max(1, c.slots)
+    slowness = fastest / c.speed if c.speed > 0 and fastest > 0 else 1.0
+    if slowness >= SPEED_TOLERANCE:
+        cost = (cost + 1) * slowness - 1
     cold = c.loaded is not None and model not in c.loaded
     if cold:
         cost += COLD_LOAD_COST

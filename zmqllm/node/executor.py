@@ -20,6 +20,11 @@ from zmqllm.engines.base import Engine, EngineError, GenerationRequest, Generati
 from zmqllm.core.membership import Load
 from zmqllm.core.prefix import CacheRecord, block_hashes, prompt_text
 
+SPEED_MIN_TOKENS = 8
+"""Requests shorter than this say little about decode speed (their first token's wait dominates)."""
+SPEED_WEIGHT = 0.2
+"""The moving average's weight of the newest request."""
+
 log = logging.getLogger(__name__)
 
 JobKey = tuple[str, str]
@@ -53,6 +58,8 @@ class Executor:
         self.completed = 0
         self.prompt_tokens = 0
         self.cached_tokens = 0
+        self.speed = 0.0
+        """Decode tokens/s of one request here, a moving average (0 until a request of a few tokens ran)."""
         self.cache = CacheRecord()
         """The prompts the engine's caches hold, as heartbeats advertise them (cache-aware routing)."""
 
@@ -87,7 +94,8 @@ class Executor:
             self._tok_s = self._tokens_since_sample / elapsed
             self._tokens_since_sample, self._sample_at = 0, now
         return Load(len(self._running), len(self._queue), self.engine.slots, self._tok_s,
-                    self.cache.advertised(self.engine.prefix_capacity), self.prompt_tokens, self.cached_tokens)
+                    self.cache.advertised(self.engine.prefix_capacity), self.prompt_tokens, self.cached_tokens,
+                    self.speed)
 
     @property
     def active(self) -> int:
@@ -144,6 +152,9 @@ class Executor:
             if outcome.finish_reason != "cancelled":
                 self._remember_prompt(job.request, "".join(answer))
         timings = _timings(started, first_token_at[0] if first_token_at else None, ended, outcome)
+        if isinstance(outcome, GenerationResult) and outcome.completion_tokens >= SPEED_MIN_TOKENS:
+            rate = timings["decode_tok_s"]
+            self.speed = rate if not self.speed else (1 - SPEED_WEIGHT) * self.speed + SPEED_WEIGHT * rate
         try:
             job.on_end(outcome, timings)
         finally:

@@ -217,13 +217,15 @@ class Origin:
         own = node.load()
         mine_here = busy.get(me.name, 0)
         result = [Candidate(me.name, me.models, "alive", me.slots, own.active + own.queued, mine_here, True,
-                            reported_mine=mine_here, loaded=me.loaded, cache=own.cache)]  # its own load: exact
+                            reported_mine=mine_here, loaded=me.loaded, cache=own.cache,
+                            speed=own.speed)]  # its own load: exact
         for peer in node.table.peers():
             load = peer.load
             result.append(Candidate(peer.name, peer.identity.models, peer.state, peer.identity.slots,
                                     load.active + load.queued, busy.get(peer.name, 0),
                                     reported_mine=self.mine_when_reported.get(peer.name),
-                                    loaded=peer.identity.loaded, cache=self.placements.held(peer.name, load.cache)))
+                                    loaded=peer.identity.loaded, cache=self.placements.held(peer.name, load.cache),
+                                    speed=load.speed))
         return result
 
     def _route(self, task: OriginTask, failover_reason: str | None = None) -> None:
