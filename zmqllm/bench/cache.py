@@ -155,13 +155,13 @@ def run_cache(conversations: int = 4, turns: int = 8, answer_tokens: int = 16, t
     results: dict[str, list[list[float]]] = {}
     with tempfile.TemporaryDirectory() as home:
         for label, extra in settings.items():
-            progress(f"cache: {label}: 3 llama nodes, {conversations} conversations x {turns} turns")
+            progress(f"{label}: 3 llama nodes, {conversations} conversations x {turns} turns")
             results[label] = _mesh_ttft(home, extra, conversations, turns, answer_tokens, threads, system)
     if server_binary is not None:
         from zmqllm.engines.bundled import resolve_model_path
         from zmqllm.node.paths import cache_dir
 
-        progress(f"cache: llama-server, {conversations} slots with cache_prompt")
+        progress(f"llama-server, {conversations} slots with cache_prompt")
         model = resolve_model_path(MODEL, cache_dir() / "models")
         with llama_server(server_binary, model, threads * 2, 2048 * conversations, slots=conversations) as base:
             results["llama-server"] = converse([_server_asker(base, answer_tokens, i) for i in range(conversations)],
@@ -181,6 +181,9 @@ def run_cache(conversations: int = 4, turns: int = 8, answer_tokens: int = 16, t
                 f"{GOAL_SERVER} x llama-server",
         "met": reuse_ratio <= GOAL_REUSE and (server_ratio is None or server_ratio <= GOAL_SERVER),
         "server_ratio": None if server_ratio is None else round(server_ratio, 3),
+        "ratios": {label: {"vs_no_reuse": round(late[label] / late["no reuse"], 3),
+                           "vs_llama_server": round(late[label] / late["llama-server"], 3) if "llama-server" in late
+                           else None} for label in late},
         "server_missing": None if "llama-server" in late else server_why or "no llama-server binary",
         "summary": _summary(figures, late, reuse_ratio, server_ratio, server_why),
     }
