@@ -25,7 +25,7 @@ llama_cpp = pytest.importorskip(
 )
 
 from zmqllm.engines import bundled  # noqa: E402
-from zmqllm.engines.base import EngineError, GenerationRequest, TokenChunk  # noqa: E402
+from zmqllm.engines.base import EngineError, GenerationRequest, GenerationResult, TokenChunk  # noqa: E402
 from zmqllm.engines.llama import LlamaEngine, parse_sampling  # noqa: E402
 
 N_CTX = 2048
@@ -505,3 +505,28 @@ def test_interleaved_conversations_each_find_their_history_and_answer_as_fresh(s
         finally:
             small_batches.prefix_cache = "exact"
         assert text == fresh_text
+
+
+def chat(engine: LlamaEngine, messages: list[dict[str, str]], max_tokens: int = 16) -> tuple[GenerationResult, str]:
+    chunks: list[TokenChunk] = []
+    request = GenerationRequest(prompt="", max_tokens=max_tokens, params={"temperature": 0.0},
+                                messages=tuple(messages))
+    result = asyncio.run(engine.generate(request, chunks.append, threading.Event()))
+    return result, "".join(c.text for c in chunks)
+
+
+def test_a_chat_turn_reuses_the_last_turns_cache_and_answers_as_a_fresh_context(small_batches: LlamaEngine) -> None:
+    """Turn N + 1 of a chat (the messages so far, the answer, a new question) skips what turn N left cached and,
+    in exact mode, answers what a fresh context answers."""
+    messages = [{"role": "system", "content": "You answer about old cities, briefly. " * 4},
+                {"role": "user", "content": "Which city was founded on seven hills?"}]
+    _, answer = chat(small_batches, messages)
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And what river runs there?"}]
+    result, text = chat(small_batches, messages)
+    assert result.cached_tokens >= 16, result  # whole 16-token chunks of turn N
+    small_batches.prefix_cache = "off"
+    try:
+        fresh, fresh_text = chat(small_batches, messages)
+    finally:
+        small_batches.prefix_cache = "exact"
+    assert fresh.cached_tokens == 0 and text == fresh_text

@@ -191,7 +191,7 @@ def _cache(quick: bool, progress: Progress) -> dict[str, Any]:
     from zmqllm.bench.concurrency import pick_server
 
     binary, why = pick_server(None, build=not quick, progress=progress)
-    sizes = dict(turns=3, answer_tokens=8, system_sentences=24) if quick else {}
+    sizes = dict(conversations=2, turns=3, answer_tokens=4, system_sentences=8) if quick else {}
     report = cache.run_cache(server_binary=binary, server_why=why, progress=progress, **sizes)
     report["name"] = "cache"
     report["baseline"] = ("TTFT of turns >= 3 with cache-aware routing and exact reuse ÷ least-loaded without "

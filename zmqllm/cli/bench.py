@@ -202,7 +202,7 @@ def _run_one(what: str, tokens: int | None, runs: int | None, threads: int | Non
         from zmqllm.bench.concurrency import pick_server
 
         binary, why = pick_server(llama_server, not no_build, progress)
-        sizes_ = dict(turns=3, answer_tokens=8, system_sentences=24) if quick else {}
+        sizes_ = dict(conversations=2, turns=3, answer_tokens=4, system_sentences=8) if quick else {}
         return cache_bench.run_cache(threads=threads or 1, server_binary=binary, server_why=why, progress=progress,
                                      **sizes_)
     if what == "routing":
