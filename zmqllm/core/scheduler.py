@@ -17,7 +17,7 @@ The default policy, `cache-aware`, also counts what a node would not compute aga
 its leading blocks with prompts the node's cache holds (`zmqllm.core.prefix`), and the node's cost drops by
 `CACHE_WEIGHT` times the share of the prompt it holds. So a conversation's next turn goes back to the node that
 holds its history, unless that node has a full slot's worth more work per slot than another (then the wait
-would cost more than the prefill saved). It also counts speed: a node measured `SPEED_TOLERANCE` (1.25) or more times slower
+would cost more than the prefill saved). It also counts speed: a node measured `SPEED_TOLERANCE` (2) or more times slower
 than the fastest able one (heartbeats carry each node's decode tokens/s per request) counts its outstanding work
 and the new task's that many times over, so the task waits where it will finish first: an idle node 4× slower
 takes work only once the fast ones have three tasks per slot queued. With no cache to match and no speed
@@ -41,9 +41,10 @@ POWER_OF_TWO = "power-of-two"
 ROUND_ROBIN = "round-robin"
 RANDOM = "random"
 ROUTING_POLICIES = (CACHE_AWARE, LEAST_LOADED, POWER_OF_TWO, ROUND_ROBIN, RANDOM)
-SPEED_TOLERANCE = 1.25
+SPEED_TOLERANCE = 2.0
 """How many times slower than the fastest able node a node must be before cache-aware routing counts it: nearer
-speeds are one machine's noise, and equal machines must keep splitting work by load alone."""
+speeds are noise (equal machines measure up to 1.5x apart while they share cores with each other, as three
+nodes on two cores do), and equal machines must keep splitting work by load and cache alone."""
 COLD_LOAD_COST = 1.0
 """What loading the model first adds to a node's cost, in outstanding tasks per slot."""
 CACHE_WEIGHT = 1.0
