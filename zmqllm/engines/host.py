@@ -7,7 +7,8 @@ making room unloads the least recently used model that runs nothing. A model wit
 unloaded: the request that needs its place waits, and while it waits no new request starts on the model it is
 waiting to replace, so a busy model cannot starve it. A request arriving while its model loads waits for that load
 (one load per model at a time). A model whose load fails is reported with one error naming its file, stays out of
-`models` (so the mesh stops routing it here) until `forget_failure`, and the other models keep serving.
+`models` (so the mesh stops routing it here) until a rescan finds its file changed, and the other models keep
+serving.
 
 The host knows nothing of files or configs: `ModelSpec` carries a name, where it comes from (for messages) and a
 factory. `node.daemon` builds the specs from `model`, `models_dir` and `max_loaded`.
@@ -56,7 +57,7 @@ class ModelHost(Engine):
         """Called on every load, unload and rescan (the node refreshes what it advertises)."""
         self._loaded: OrderedDict[str, Engine] = OrderedDict()
         """Loaded engines, least recently used first."""
-        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._loading: set[str] = set()
         self._running: dict[str, int] = {}
         self._evicting: set[str] = set()
         """Models a waiting request needs gone: no new request starts on them."""
@@ -66,8 +67,6 @@ class ModelHost(Engine):
         self._waiting: dict[object, str] = {}
         """Requests waiting for their model to load, in arrival order (one entry each)."""
         self._changed = asyncio.Event()
-        self.loads = 0
-        self.unloads = 0
         self.set_specs(specs)
 
     # --- what the node advertises -------------------------------------------------------------------------
@@ -90,10 +89,6 @@ class ModelHost(Engine):
         engine = self._loaded.get(model)
         return 0 if engine is None else engine.prefix_capacity(model)
 
-    def failures(self) -> dict[str, str]:
-        """Models whose last load failed, with the one-line reason."""
-        return dict(self._failed)
-
     def set_specs(self, specs: Iterable[ModelSpec]) -> None:
         """Replace what can be served (a rescan of the models folder). A loaded model no longer listed is unloaded
         once it runs nothing; a failed one listed again is tried again."""
@@ -107,9 +102,6 @@ class ModelHost(Engine):
             if name not in new and not self._running.get(name):
                 asyncio.get_running_loop().create_task(self._unload(name))
         self.on_change()
-
-    def forget_failure(self, name: str) -> None:
-        self._failed.pop(name, None)
 
     # --- serving -------------------------------------------------------------------------------------------
 
@@ -203,8 +195,7 @@ class ModelHost(Engine):
 
     async def _load(self, name: str) -> None:
         spec = self._specs[name]
-        done = asyncio.get_running_loop().create_future()
-        self._loading[name] = done
+        self._loading.add(name)
         self.on_change()
         log.info("loading model %s (%s)", name, spec.source)
         started = time.monotonic()
@@ -220,11 +211,9 @@ class ModelHost(Engine):
                 await engine.close()
         else:
             self._loaded[name] = engine
-            self.loads += 1
             log.info("loaded model %s in %.1f s", name, time.monotonic() - started)
         finally:
-            del self._loading[name]
-            done.set_result(None)
+            self._loading.discard(name)
             self._notify()
 
     async def _unload(self, name: str) -> None:
@@ -238,7 +227,6 @@ class ModelHost(Engine):
             await engine.close()
         finally:
             self._unloading.discard(name)
-            self.unloads += 1
             log.info("unloaded model %s", name)
             self._notify()
 
