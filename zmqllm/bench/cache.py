@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zmqllm.bench.chaos import percentile
 from zmqllm.bench.http_processes import llama_server
 from zmqllm.bench.mesh import _wait_for_peer, daemons
 from zmqllm.client import AsyncClient
@@ -133,9 +134,9 @@ def _mesh_ttft(home: str, extra: tuple[str, ...], conversations: int, turns: int
 def _per_turn(ttft: list[list[float]]) -> list[dict[str, float]]:
     rows = []
     for turn in range(len(ttft[0])):
-        values = sorted(row[turn] * 1000 for row in ttft)
+        values = [row[turn] * 1000 for row in ttft]
         rows.append({"turn": turn + 1, "p50_ms": round(statistics.median(values), 1),
-                     "p95_ms": round(values[min(len(values) - 1, round(0.95 * (len(values) - 1)))], 1)})
+                     "p95_ms": round(percentile(values, 0.95) or 0.0, 1)})
     return rows
 
 
