@@ -67,6 +67,7 @@ KIND_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     protocol.INTS: st.lists(wire_ints, max_size=4),
     protocol.MAP: plain_map(0),
     protocol.MAPS: st.lists(plain_map(1), max_size=3),
+    protocol.UPDATES: st.lists(plain_map(1), max_size=3),
 }
 
 

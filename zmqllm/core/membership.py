@@ -162,9 +162,11 @@ class Transition:
 class PeerTable:
     """The peer table of one node (which is itself a row, always alive)."""
 
-    def __init__(self, me: Identity, liveness: Liveness, now: float) -> None:
+    def __init__(self, me: Identity, liveness: Liveness, now: float, judge_by_silence: bool = True) -> None:
         self.me = me
         self.liveness = liveness
+        self.judge_by_silence = judge_by_silence
+        """False when another judge (SWIM) decides liveness: hearing from a suspect then does not revive it."""
         self._peers: dict[str, Peer] = {}
         self._self_peer = Peer(me, now)
 
@@ -213,8 +215,29 @@ class PeerTable:
         if peer is None:
             return False
         peer.last_seen = now
-        if peer.state == "suspect":
+        if peer.state == "suspect" and self.judge_by_silence:
             peer.state = "alive"
+        return True
+
+    def judge(self, node_id: str, state: PeerState, now: float) -> Transition | None:
+        """Another judge of liveness (SWIM, `membership = "swim"`) moved a peer: the table follows it."""
+        peer = self._peers.get(node_id)
+        if peer is None or peer.state == state:
+            return None
+        old, peer.state, peer.since = peer.state, state, now
+        return Transition(peer, old, state)
+
+    def refresh(self, identity: Identity, load: Load | None, now: float, first_hand: bool) -> bool:
+        """Newer identity (and load) of a listed peer, its state untouched: a heartbeat on a link when SWIM
+        judges liveness (`first_hand`), or gossiped metadata. Returns whether the peer was listed."""
+        peer = self._peers.get(identity.node_id)
+        if peer is None:
+            return False
+        peer.identity = identity
+        if load is not None:
+            peer.load = load
+        if first_hand:
+            peer.last_seen = now
         return True
 
     def mark_left(self, node_id: str, now: float) -> Transition | None:

@@ -32,12 +32,14 @@ LIST_LIMITS = {
     "messages": 10_000,  # a chat's turns
     "stop": 16,
     "models": 256,
-    "peers": 4096,
+    "peers": 8192,  # a mesh's live nodes (SWIM's tables hold at most 8,192: core/swim_wire.py)
+    "piggyback": 64,  # SWIM updates riding on one message
+    "states": 8192,  # a whole SWIM table in one push-pull
 }
 """Caps on list fields by name: what a node allocates for one message is bounded before it is read."""
 TEXT_LIMITS = {"node_id": 64, "name": 64, "endpoint": 256, "digest": 64, "task_id": 128, "run_id": 128,
                "model": 256, "origin": 64, "code": 64, "key": 256, "kind": 64, "state": 64, "owner": 64,
-               "workflow": 256, "source": 1024}
+               "workflow": 256, "source": 1024, "target": 64}
 """Caps on string fields that name things (texts such as prompts are bounded by the frame size)."""
 _UNPACK_LIMITS = {"max_array_len": 1_000_000 + MAX_BATCH, "max_map_len": 4096}
 """msgpack refuses to allocate beyond these while unpacking (its defaults follow the frame size)."""
@@ -86,6 +88,8 @@ STRS = "list[str]"
 INTS = "list[int]"
 MAP = "map"
 MAPS = "list[map]"
+UPDATES = "list[update]"
+"""SWIM updates: maps whose keys and values `core/swim_wire.from_fields` checks (`meta` is bytes)."""
 
 _OPTIONAL = "?"
 
@@ -198,6 +202,13 @@ MESSAGE_FIELDS: dict[str, dict[str, str]] = {
     },
     "REPLICATED": {"run_id": STR, "epoch": INT, "seq": INT, "ok": BOOL, "stale": BOOL + _OPTIONAL,
                    "owner": STR + _OPTIONAL},
+    # SWIM membership (`membership = "swim"`; docs/membership.md): node → node, either socket
+    "SWIM_PING": {"seq": INT, "target": STR, "piggyback": UPDATES},
+    "SWIM_PING_REQ": {"seq": INT, "target": STR, "piggyback": UPDATES},
+    "SWIM_ACK": {"seq": INT, "piggyback": UPDATES},
+    "SWIM_NACK": {"seq": INT},
+    "SWIM_GOSSIP": {"piggyback": UPDATES},
+    "SWIM_SYNC": {"digest": INT, "states": UPDATES, "reply": BOOL},
 }
 """Every message type and its fields; a trailing `?` marks an optional field."""
 
@@ -331,7 +342,7 @@ def _validate(type_: str, fields: Mapping[str, Any], ref: int | None) -> None:
             raise ProtocolError("too_large", f"{type_}: field {name!r} has {len(value)} {what} (at most {limit})", ref)
 
 
-_LISTS = frozenset({"list[str]", "list[int]", "list[map]"})
+_LISTS = frozenset({"list[str]", "list[int]", "list[map]", "list[update]"})
 
 
 def _limit_of(name: str, kind: str) -> int | None:
@@ -387,6 +398,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
     MAP: lambda v: isinstance(v, dict) and _is_plain(v),
     MAPS: lambda v: isinstance(v, list) and all(isinstance(x, dict) and _is_plain(x, 1) for x in v),
+    UPDATES: lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
 }
 
 _COMPILED: dict[str, tuple[frozenset[str], tuple[tuple[str, str, Callable[[Any], bool], bool], ...]]] = {

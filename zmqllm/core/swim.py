@@ -207,6 +207,7 @@ class Swim:
         self._seeds: list[str] = []
         self._next_join_at = math.inf
         self._changes: list[Change] = []
+        self._meta_changed: set[str] = set()
         self._suspicions: dict[str, _Suspicion] = {}
         self._deadlines: list[tuple[float, str]] = []
         """A heap of suspicion deadlines; entries whose suspicion ended or moved are skipped when reached."""
@@ -273,6 +274,12 @@ class Swim:
         return [me] + [Member(r.node, r.address, r.status, r.incarnation, r.meta, r.meta_version, r.since)
                        for r in sorted(self._rows.values(), key=lambda r: r.node)]
 
+    def member(self, node: str) -> Member | None:
+        """One member's row (not this node's own); None for a node not (or no longer) listed."""
+        row = self._rows.get(node)
+        return None if row is None else Member(row.node, row.address, row.status, row.incarnation, row.meta,
+                                               row.meta_version, row.since)
+
     def state_of(self, node: str) -> Status | None:
         """A member's state; None for a node not (or no longer) listed."""
         if node == self.node:
@@ -294,6 +301,11 @@ class Swim:
         """Liveness changes since the last call, oldest first."""
         changes, self._changes = self._changes, []
         return changes
+
+    def take_meta_changes(self) -> set[str]:
+        """Members whose metadata (models, load) changed since the last call, liveness aside."""
+        changed, self._meta_changed = self._meta_changed, set()
+        return changed
 
     def next_wakeup(self) -> float:
         """The latest time the next `tick` is due (calling it earlier is harmless)."""
@@ -630,6 +642,7 @@ class Swim:
         row.address = update.address or row.address
         if update.meta_version > row.meta_version:
             row.meta, row.meta_version = update.meta, update.meta_version
+            self._meta_changed.add(row.node)
         self._set_status(row, "alive", row.incarnation, now)
         if update.status == "suspect":
             self._apply(update, now)
@@ -658,6 +671,7 @@ class Swim:
             return
         if update.meta_version > row.meta_version:
             row.meta, row.meta_version = update.meta, update.meta_version
+            self._meta_changed.add(row.node)
             if row.status == "alive" and (status != "alive" or update.incarnation <= row.incarnation):
                 self._spread(row, row.node)  # else the liveness change below spreads it
         if status == "alive":

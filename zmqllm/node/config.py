@@ -59,6 +59,9 @@ _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number",
                bool: "a boolean", tuple: "a list of strings"}
 
 
+MEMBERSHIPS = ("heartbeat", "swim")
+
+
 class ConfigError(Exception):
     """A bad setting; the message is one line naming the key and its source."""
 
@@ -84,6 +87,9 @@ class NodeConfig:
     routing: str = CACHE_AWARE
     send_buffer_mb: float = 16.0
     heartbeat_interval: float = 0.5
+    membership: str = "heartbeat"
+    view_threshold: int = 64
+    view_rings: int = 6
     suspect_after: float = 2.0
     dead_after: float = 4.0
     data_dir: str | None = None
@@ -185,6 +191,13 @@ KEYS: dict[str, Key] = dict([
          choices=ROUTING_POLICIES),
     _key("send_buffer_mb", float, "MiB held for one receiver that stopped reading before its tasks are cut off"),
     _key("heartbeat_interval", float, "seconds between heartbeats"),
+    _key("membership", str, "who judges liveness: heartbeat (every node beats to every other and links to all) "
+                            "or swim (probes and gossip; above view_threshold live nodes each links to its ring "
+                            "neighbours only, dialling others on demand); the same on every node of a mesh",
+         choices=MEMBERSHIPS),
+    _key("view_threshold", int, "membership = swim: live nodes up to which every node links to every other"),
+    _key("view_rings", int, "membership = swim, above view_threshold: rings of the partial view (at most 2 links "
+                            "each)"),
     _key("suspect_after", float, "heartbeat intervals of silence before a peer is suspect"),
     _key("dead_after", float, "heartbeat intervals of silence before a peer is dead"),
     _key("data_dir", str, "state directory (default: $ZMQLLM_HOME/nodes/NAME)", optional=True),
@@ -448,6 +461,9 @@ def _validate(c: NodeConfig, source) -> None:
     need(c.journal_max_mb >= 0, "journal_max_mb", ">= 0 (0 = no size limit)")
     need(0 < c.send_buffer_mb <= MAX_SEND_BUFFER_MB, "send_buffer_mb", f"> 0 and <= {MAX_SEND_BUFFER_MB}")
     need(c.heartbeat_interval > 0, "heartbeat_interval", "> 0")
+    need(c.membership in MEMBERSHIPS, "membership", "one of " + ", ".join(MEMBERSHIPS))
+    need(c.view_threshold >= 1, "view_threshold", ">= 1")
+    need(c.view_rings >= 1, "view_rings", ">= 1")
     need(c.suspect_after > 0, "suspect_after", "> 0")
     if c.suspect_after >= c.dead_after:
         if source("suspect_after") == "default":

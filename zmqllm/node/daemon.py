@@ -17,6 +17,7 @@ from zmqllm.core.membership import Liveness
 from zmqllm.node.journal import Retention
 from zmqllm.node.models import llama_engine, model_host, rescan_forever, serves_several
 from zmqllm.engines.host import ModelHost
+from zmqllm.core.swim_config import SwimConfig
 from zmqllm.node.node import FatalNodeError, Node, NodeSettings
 from zmqllm.core.tasks import TaskSpec
 from zmqllm.http.host import TaskListener
@@ -45,6 +46,9 @@ def settings_from(config: NodeConfig) -> NodeSettings:
         mesh_key=keys.load(config.mesh_key) if config.mesh_key else None,
         journal_retention=Retention(config.journal_keep_days, config.journal_max_mb),
         routing=config.routing,
+        membership=config.membership,
+        swim=SwimConfig(probe_interval=config.heartbeat_interval, probe_timeout=0.4 * config.heartbeat_interval,
+                        view_threshold=config.view_threshold, view_rings=config.view_rings),
     )
 
 

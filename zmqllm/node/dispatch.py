@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from zmqllm.core.protocol import Message
 
-Sender = Literal["itself", "peer", "anyone"]
+Sender = Literal["itself", "node", "peer", "anyone"]
 """itself: a node on its own connection, naming itself (`node_id` = `src` = connection id);
+node: a node on its own connection (`src` = connection id), known or not (a SWIM join);
 peer: a node this one knows, on its own connection; anyone: clients and nodes alike."""
 
 Handler = Callable[[bytes, Message, bool], None]
@@ -45,6 +46,14 @@ ROUTER_SENDERS: dict[str, tuple[Sender, str]] = {
     "CANCEL_RUN": ("anyone", "on_cancel_run"),
     "GET_RUNS": ("anyone", "on_get_runs"),
     "REPLICATE": ("peer", "on_replicate"),  # a run's owner to its replica holder (node/replication.py)
+    # SWIM membership (`membership = "swim"`, node/swim_membership.py); a joining node's SWIM_SYNC comes
+    # before anyone lists it, and SWIM itself refuses what a stranger may not send
+    "SWIM_PING": ("node", "on_swim"),
+    "SWIM_PING_REQ": ("node", "on_swim"),
+    "SWIM_ACK": ("node", "on_swim"),
+    "SWIM_NACK": ("node", "on_swim"),
+    "SWIM_GOSSIP": ("node", "on_swim"),
+    "SWIM_SYNC": ("node", "on_swim"),
 }
 """Every type a node's ROUTER accepts, in the order of docs/protocol.md's table; any other is refused."""
 

@@ -35,12 +35,14 @@ from zmqllm.net.keys import HANDSHAKE_FAILED, MeshKey, handshake_failure
 from zmqllm.core.membership import Identity, Liveness, Load, NameTaken, PeerTable, Transition, new_endpoints
 from zmqllm.core.ratelimit import Quiet
 from zmqllm.core.scheduler import CACHE_AWARE
+from zmqllm.core.swim import SwimConfig
 from zmqllm.node import dispatch
 from zmqllm.node.loops import guarded
 from zmqllm.node.orchestrator import Orchestrator
 from zmqllm.node.origin import Origin
 from zmqllm.core.protocol import Message, ProtocolError
 from zmqllm.node.remote import RemoteTasks
+from zmqllm.node.swim_membership import SwimMembership
 from zmqllm.net.transport import (
     OUTBOX_LIMIT_BYTES,
     SHUTDOWN_LINGER_MS,
@@ -57,6 +59,7 @@ from zmqllm.net.transport import (
 
 log = logging.getLogger(__name__)
 
+SWIM_TYPES = frozenset(kind for kind in protocol.MESSAGE_FIELDS if kind.startswith("SWIM_"))
 DRAIN_BATCH = 256
 """Messages read from one socket before giving other coroutines a turn."""
 LIVENESS_CHECKS_PER_INTERVAL = 4
@@ -91,6 +94,8 @@ class Link:
     dialled_at: float = 0.0
     seed: bool = False
     """An endpoint the operator named (`peers`): never closed, whatever happens to the node behind it."""
+    used_at: float = 0.0
+    """When a message last went or came on it (`membership = "swim"` closes idle links outside the view)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ class NodeSettings:
     """How long finished tasks stay in the journal (age and size)."""
     routing: str = CACHE_AWARE
     """The origin's routing policy (`zmqllm.core.scheduler.ROUTING_POLICIES`)."""
+    membership: str = "heartbeat"
+    """Who judges liveness: `heartbeat` (every node beats to every other) or `swim` (probes and gossip,
+    links to the active view only: node/swim_membership.py)."""
+    swim: SwimConfig = SwimConfig()
 
 
 class Node:
@@ -153,6 +162,7 @@ class Node:
         """Incoming connections that failed the security handshake (mesh keys that differ)."""
         self._quiet = Quiet(REFUSED_LOG_INTERVAL_S)
         self._router_rules = dispatch.router_rules(self)
+        self.swim = SwimMembership(self, settings.swim) if settings.membership == "swim" else None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -183,18 +193,23 @@ class Node:
         if key is None and not is_loopback(bound):
             log.warning("bound %s without a mesh key (allow_plaintext): traffic is plaintext and anyone who can "
                         "reach it can use it (zmqllm keys new FILE, then mesh_key = FILE on every node)", bound)
-        self.table = PeerTable(self._own_identity(), self.settings.liveness, self.clock())
+        self.table = PeerTable(self._own_identity(), self.settings.liveness, self.clock(),
+                               judge_by_silence=self.swim is None)
         interval = self.settings.liveness.interval
         rounds: list[tuple[str, Callable[[], float], float]] = [
             ("heartbeat", self._heartbeat_round, interval),
             ("liveness", self._liveness_round, interval / LIVENESS_CHECKS_PER_INTERVAL),
             ("trace", self._events_round, FLUSH_INTERVAL_S),
             ("journal checkpoint", self._checkpoint_round, CHECKPOINT_INTERVAL_S)]
+        if self.swim is not None:
+            rounds.append(("swim", self.swim.round, interval))
         self._next_beat = self.clock()
         loops = [asyncio.create_task(guarded(name, round_, self._give_up, self.clock, retry), name=name)
                  for name, round_, retry in rounds]
         for seed in self.settings.peers:
             self.dial(seed, seed=True)
+        if self.swim is not None:
+            self.swim.start()
         if on_ready:
             on_ready(self)
         try:
@@ -226,13 +241,15 @@ class Node:
         self.orchestrator.fail_all(f"node {self.settings.name} stopped before the run finished")
         self.origin.fail_all("internal", f"node {self.settings.name} stopped before the task finished")
         self.forwarder.close_all()
+        if self.swim is not None:
+            self.swim.leave()
         bye = self.message("BYE", node_id=self.node_id, name=self.settings.name)
         for link in self.links.values():
             link.channel.send([protocol.encode(bye)])
         if self.mailer is not None:
             self.mailer.flush()
         for link in list(self.links.values()):
-            self._close_link(link, "this node is stopping", SHUTDOWN_LINGER_MS)
+            self.close_link(link, "this node is stopping", SHUTDOWN_LINGER_MS)
         if self._router_monitor is not None:
             self._router_monitor.close()
         if self.router is not None:
@@ -293,9 +310,11 @@ class Node:
         link = self.link_for(node_id)
         if link is None:
             return Sent.UNREACHABLE
-        return self._send_on_link(link, type_, protocol.encode(self.message(type_, **fields)), fields.get("task_id"))
+        return self.send_on_link(link, type_, protocol.encode(self.message(type_, **fields)), fields.get("task_id"))
 
-    def _send_on_link(self, link: Link, type_: str, payload: bytes, task_id: str | None = None) -> Sent:
+    def send_on_link(self, link: Link, type_: str, payload: bytes, task_id: str | None = None) -> Sent:
+        if type_ not in ("HEARTBEAT", "HELLO"):  # beats alone do not keep an on-demand link open
+            link.used_at = self.clock()
         if self.events.wanted():
             peer = self.table.get(link.node_id) if self.table and link.node_id else None
             self._trace(type_, self.settings.name, peer.name if peer else link.endpoint, task_id, len(payload))
@@ -303,9 +322,12 @@ class Node:
         return link.channel.send([payload])
 
     def link_for(self, node_id: str) -> Link | None:
-        """The link to a peer: the one to the endpoint it advertises, unless another node answered there."""
+        """The link to a peer: the one to the endpoint it advertises, unless another node answered there.
+        Under SWIM a live peer outside the active view has none yet: it is dialled now (on demand)."""
         peer = self.table.get(node_id) if self.table else None
         link = self.links.get(peer.identity.endpoint) if peer else None
+        if link is None and peer is not None and self.swim is not None and peer.state in ("alive", "suspect"):
+            link = self.dial(peer.identity.endpoint)
         return link if link is not None and link.node_id in (None, node_id) else None
 
     # -- membership -----------------------------------------------------------------
@@ -328,14 +350,17 @@ class Node:
     def load(self) -> Load:
         return self.executor.load()
 
-    def dial(self, endpoint: str, seed: bool = False) -> None:
-        """Open a DEALER to `endpoint` (once, within `MAX_LINKS`) and introduce ourselves."""
-        if endpoint == self.endpoint or endpoint in self.links or not is_endpoint(endpoint):
-            return
+    def dial(self, endpoint: str, seed: bool = False) -> Link | None:
+        """Open a DEALER to `endpoint` (once, within `MAX_LINKS`) and introduce ourselves; returns the link
+        (the one already open, if any)."""
+        if endpoint == self.endpoint or not is_endpoint(endpoint):
+            return None
+        if endpoint in self.links:
+            return self.links[endpoint]
         if len(self.links) >= MAX_LINKS and not seed:
             if self._quiet.note("links-full", self.clock()):
                 log.warning("not dialling %s: this node already has %d peer links (MAX_LINKS)", endpoint, MAX_LINKS)
-            return
+            return None
         sock = connect_dealer(self.ctx, endpoint, self.node_id, self.settings.mesh_key)
         link = Link(endpoint, Channel(sock, lambda frames: self._on_dealer_frames(link, frames), DRAIN_BATCH),
                     dialled_at=self.clock(), seed=seed)
@@ -344,6 +369,7 @@ class Node:
         self.links[endpoint] = link
         log.debug("dialing %s", endpoint)
         self._say_hello(link)
+        return link
 
     def _on_link_event(self, link: Link, event: int) -> None:
         """The TCP connection to a peer closed (its process died or it closed the socket): its tasks move at
@@ -372,7 +398,7 @@ class Node:
                    "a process with a mesh key, which this node has not (or not a zmqllm process)")
             log.warning("refused %d connection(s) at the security handshake: %s", count, who)
 
-    def _say_quietly(self, identity: bytes | str, what: str) -> None:
+    def say_quietly(self, identity: bytes | str, what: str) -> None:
         """Log a sender's bad frame or forbidden message: once, then once per interval with a count."""
         count = self._quiet.note(identity, self.clock())
         if count:
@@ -380,7 +406,7 @@ class Node:
 
     def _say_hello(self, link: Link) -> None:
         hello = self.message("HELLO", **self.identity().as_fields())
-        self._send_on_link(link, "HELLO", protocol.encode(hello))
+        self.send_on_link(link, "HELLO", protocol.encode(hello))
 
     def _observe(self, fields: Any, load: Load | None, reply_to: bytes | None) -> bool:
         """Record a peer's identity; a name clash is refused (and fatal to the newcomer)."""
@@ -389,19 +415,15 @@ class Node:
         identity = Identity.from_fields(fields)
         if not is_endpoint(identity.endpoint):
             return False
-        before = self.table.by_name(identity.name)
+        if self.swim is not None:  # SWIM lists members and judges them; a link only freshens what it says
+            self.swim.heard(identity, load)
+            return True
         try:
-            change = self.table.observe(identity, self.clock(), load)
+            self.observe_identity(identity, load)
         except NameTaken as exc:
             if reply_to is not None:
                 self.reply_error(reply_to, "name_taken", f"refused by {self.settings.name}: {exc}")
             return False
-        if change != "updated":
-            self.publish({"k": "peer", "name": identity.name, "state": "alive",
-                          "old": None if change == "joined" else "dead"})
-            log.info("peer %s %s (%s, models=%s)", identity.name, change, identity.endpoint, ",".join(identity.models))
-        if change == "replaced" and before is not None and before.state in ("alive", "suspect"):
-            self._peer_gone(before.node_id, before.name, "replaced by a new process")  # the old one is gone
         self.dial(identity.endpoint)
         link = self.links.get(identity.endpoint)
         if link is not None and link.node_id not in (None, identity.node_id) and reply_to is not None:
@@ -410,7 +432,21 @@ class Node:
             self._say_hello(link)
         return True
 
-    def _on_transition(self, change: Transition) -> None:
+    def observe_identity(self, identity: Identity, load: Load | None) -> None:
+        """List a node as alive (new, back, or a new process under a known name), or update it; raises
+        `NameTaken` when another live node holds its name."""
+        if self.table is None:
+            return
+        before = self.table.by_name(identity.name)
+        change = self.table.observe(identity, self.clock(), load)
+        if change != "updated":
+            self.publish({"k": "peer", "name": identity.name, "state": "alive",
+                          "old": None if change == "joined" else "dead"})
+            log.info("peer %s %s (%s, models=%s)", identity.name, change, identity.endpoint, ",".join(identity.models))
+        if change == "replaced" and before is not None and before.state in ("alive", "suspect"):
+            self._peer_gone(before.node_id, before.name, "replaced by a new process")  # the old one is gone
+
+    def on_transition(self, change: Transition) -> None:
         log.info("peer %s %s -> %s", change.peer.name, change.old, change.new)
         self.publish({"k": "peer", "name": change.peer.name, "state": change.new, "old": change.old})
         if change.new in ("dead", "left"):
@@ -429,19 +465,19 @@ class Node:
         if self.table is None:
             return period
         now = self.clock()
-        for change in self.table.tick(now):
-            self._on_transition(change)
+        for change in self.table.tick(now) if self.swim is None else ():  # under SWIM, SWIM judges
+            self.on_transition(change)
         for peer in self.table.forget_departed(now):
             link = self.links.get(peer.identity.endpoint)
             if link is not None and link.node_id == peer.node_id:
-                self._close_link(link, f"{peer.name} {peer.state} for {self.settings.liveness.forget_s:g} s")
+                self.close_link(link, f"{peer.name} {peer.state} for {self.settings.liveness.forget_s:g} s")
         unanswered_s = UNANSWERED_LINK_INTERVALS * self.settings.liveness.interval
         for link in list(self.links.values()):
             if not link.seed and link.node_id is None and now - link.dialled_at > unanswered_s:
-                self._close_link(link, f"no answer in {unanswered_s:g} s")
+                self.close_link(link, f"no answer in {unanswered_s:g} s")
         return period
 
-    def _close_link(self, link: Link, why: str, linger_ms: int = 0) -> None:
+    def close_link(self, link: Link, why: str, linger_ms: int = 0) -> None:
         log.debug("closing the link to %s: %s", link.endpoint, why)
         self.links.pop(link.endpoint, None)
         if link.monitor is not None:
@@ -460,7 +496,7 @@ class Node:
             for link in list(self.links.values()):
                 peer = self.table.get(link.node_id) if link.node_id else None
                 if peer is not None and peer.state in ("alive", "suspect"):
-                    self._send_on_link(link, "HEARTBEAT", frame)
+                    self.send_on_link(link, "HEARTBEAT", frame)
                 else:
                     self._say_hello(link)
             self.orchestrator.replication.round()
@@ -477,7 +513,7 @@ class Node:
             messages = protocol.decode_frame(frames[-1])
         except ProtocolError as exc:
             self.dropped_frames += 1
-            self._say_quietly(identity, f"bad frame ({exc.message})")
+            self.say_quietly(identity, f"bad frame ({exc.message})")
             self.reply_error(identity, exc.code, exc.message, re=exc.ref)
             return
         self.stats.received([message.type for message in messages], len(frames[-1]))
@@ -499,7 +535,7 @@ class Node:
             messages = protocol.decode_frame(frames[-1])
         except ProtocolError as exc:
             self.dropped_frames += 1
-            self._say_quietly(link.endpoint, f"bad frame ({exc.message})")
+            self.say_quietly(link.endpoint, f"bad frame ({exc.message})")
             return
         self.stats.received([message.type for message in messages], len(frames[-1]))
         for message in messages:
@@ -522,7 +558,7 @@ class Node:
         refusal = dispatch.refusal(sender, message, identity, is_peer)
         if refusal is not None:
             self.refused_messages += 1
-            self._say_quietly(identity, f"refused {message.type}: {refusal}")
+            self.say_quietly(identity, f"refused {message.type}: {refusal}")
             self.reply_error(identity, "not_allowed", refusal, re=message.id, task_id=message.get("task_id"))
             return
         if is_peer:
@@ -536,22 +572,26 @@ class Node:
         kind = message.type
         if kind == "WELCOME":
             if message["node_id"] != message.src:
-                self._say_quietly(link.endpoint, "refused WELCOME: it names another node than its sender")
+                self.say_quietly(link.endpoint, "refused WELCOME: it names another node than its sender")
                 return
             if self._observe(message.fields, None, None):
                 link.node_id = message.src
-                self._follow_gossip(message["peers"])
+                if self.swim is None:
+                    self._follow_gossip(message["peers"])
             return
         if kind == "ERROR" and message["code"] == "name_taken":
             self._on_name_taken(link, message["message"])
             return
         if link.node_id is None or message.src != link.node_id:
             self.dropped_frames += 1
-            self._say_quietly(link.endpoint, f"dropped {kind}: not from the node that answered on this link")
+            self.say_quietly(link.endpoint, f"dropped {kind}: not from the node that answered on this link")
             return
         self.table.heard_from(message.src, self.clock())
+        link.used_at = self.clock()
         if kind in ("ACCEPT", "REJECT", "TOKEN", "DONE", "ERROR"):
             self.origin.on_executor_message(message)
+        elif kind in SWIM_TYPES and self.swim is not None:
+            self.swim.on_message(message.src, message)
         elif kind == "FOUND":
             self.forwarder.on_found(message)
         elif kind == "REPLICATED":
@@ -566,20 +606,29 @@ class Node:
             self.fatal(FatalNodeError(f"cannot join the mesh: {text}"))
             return
         log.error("%s refused this node's name (%s): not dialling it again", link.endpoint, text)
-        self._close_link(link, "it refused this node's name")
+        self.close_link(link, "it refused this node's name")
 
     # -- handlers of the router's messages (dispatch.router_rules maps types to them) ----------------------
 
     def on_hello(self, identity: bytes, message: Message, is_peer: bool) -> None:
         if self._observe(message.fields, None, identity) and self.table is not None:
             self.reply(identity, "WELCOME", re=message.id, **self.identity().as_fields(),
-                       peers=self.table.gossip_rows())
+                       peers=self.table.gossip_rows() if self.swim is None else [])
 
     def on_heartbeat(self, identity: bytes, message: Message, is_peer: bool) -> None:
         if self._observe(message.fields, Load.from_fields(message["load"]), identity) and self.table is not None:
             self.origin.load_reported(message["name"])
-            if message["digest"] != self.table.digest():
+            if self.swim is None and message["digest"] != self.table.digest():
                 self.send_to_peer(message["node_id"], "PEERS", peers=self.table.gossip_rows())
+
+    def on_swim(self, identity: bytes, message: Message, is_peer: bool) -> None:
+        """A SWIM message on this node's ROUTER (from the sender's own connection: `dispatch`)."""
+        if self.swim is None:
+            self.refused_messages += 1
+            self.say_quietly(identity, f"refused {message.type}: this node runs membership = heartbeat, its "
+                                       "sender swim (every node of a mesh needs the same membership setting)")
+            return
+        self.swim.on_message(message.src, message, inbound=True)
 
     def on_peers(self, identity: bytes, message: Message, is_peer: bool) -> None:
         self._follow_gossip(message["peers"])
@@ -594,7 +643,7 @@ class Node:
     def on_bye(self, identity: bytes, message: Message, is_peer: bool) -> None:
         change = self.table.mark_left(message.src, self.clock()) if self.table is not None else None
         if change is not None:
-            self._on_transition(change)
+            self.on_transition(change)
 
     def on_get_peers(self, identity: bytes, message: Message, is_peer: bool) -> None:
         if self.table is not None:

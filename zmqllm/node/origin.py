@@ -204,6 +204,10 @@ class Origin:
                 busy[task.executor_name] = busy.get(task.executor_name, 0) + 1
         return busy
 
+    def busy_executor_ids(self) -> set[str]:
+        """Nodes running an unfinished task of this origin (their links stay open)."""
+        return {task.executor_id for task in self.tasks.values() if not task.finished and task.executor_id}
+
     def load_reported(self, name: str) -> None:
         """A peer's heartbeat just brought its load: remember how much of it is this origin's."""
         self.mine_when_reported[name] = self._busy().get(name, 0)

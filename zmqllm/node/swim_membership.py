@@ -1,0 +1,229 @@
+"""SWIM in the daemon (`membership = "swim"`): `core/swim.py` driven by the node's clock, its messages carried
+on the node's sockets, its verdicts applied to the node's peer table, and the node's links kept to SWIM's
+active view.
+
+Why a separate judge: with heartbeats every node must link to and hear from every other, O(N) sockets and
+messages per node. Here liveness comes from probes and gossip, so a node links only to its active view
+(everyone up to `view_threshold` live members, at most 2 × `view_rings` ring neighbours above) and learns every
+other node's models and load from gossiped metadata (`core/swim_meta.py`). The scheduler may still pick any
+node: sending to a node without a link dials one on demand (`Node.link_for`), closed again once idle.
+
+What does not change: HEARTBEATs still flow on the links there are (fresh load and cache summaries for the
+scheduler, every 0.5 s), a closed connection still moves a dead executor's tasks at once (socket monitor), and
+`BYE` still marks a leaving node at once. Only the table's verdicts (suspect, dead, alive again) come from SWIM.
+
+Who may send: every SWIM message must come on its sender's own connection (connection id = `src`); on a
+node's DEALER, only from the node that answered `WELCOME` there. `core/swim_wire.from_fields` refuses anything
+malformed (counted in the node's `dropped_frames`), and `Swim.receive` refuses what is implausible.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from zmqllm.core import protocol
+from zmqllm.core.membership import Identity, Load, NameTaken
+from zmqllm.core.swim import Change, Malformed, Outgoing, Swim, SwimConfig, from_fields, to_fields
+from zmqllm.core.swim_meta import decode_meta, encode_meta
+
+if TYPE_CHECKING:
+    from zmqllm.node.node import Node
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 0.05
+"""Longest sleep of the SWIM loop: a message that arrives may make something due sooner than planned."""
+META_INTERVAL_S = 1.0
+"""This node's load is republished at most once a second (an identity change at once): each new version is a
+rumor every member passes on a few times."""
+LINK_IDLE_S = 5.0
+"""A link outside the active view (dialled on demand to run a task, or for a push-pull) is closed after this
+long without traffic and without a task of this origin running there."""
+INBOUND_S = 2.0
+"""A node heard on this node's ROUTER this recently has its DEALER connected here: a reply to it goes back
+that way instead of through a new link."""
+FRESH_HEARTBEAT_S = 2.0
+"""A peer heard first-hand this recently keeps its heartbeat's load (with its cache summary) over gossip's."""
+
+
+class SwimMembership:
+    """One node's SWIM: started by `Node.run`, fed by its sockets, ticked by its own loop."""
+
+    def __init__(self, node: Node, config: SwimConfig, rng: random.Random | None = None) -> None:
+        self.node = node
+        self.config = config
+        self.swim: Swim | None = None
+        self._rng = rng or random.Random()
+        self._meta = b""
+        self._meta_at = 0.0
+        self._next_links_at = 0.0
+        self._inbound: dict[str, float] = {}
+        """Node id → when it last sent on this node's ROUTER (`INBOUND_S`)."""
+        self.malformed = 0
+        """SWIM messages refused by `from_fields` (also counted in the node's `dropped_frames`)."""
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Join through the seeds (`peers`): a push-pull with each, repeated until one answers."""
+        node = self.node
+        now = node.clock()
+        self._meta = encode_meta(node.identity(), node.load())
+        self._meta_at = now
+        self.swim = Swim(node.node_id, node.endpoint, now, self._rng, self.config, self._meta)
+        self._send_all(self.swim.join(now, node.settings.peers))
+
+    def leave(self) -> None:
+        """Say `left` to the active view (the BYE that follows reaches every link as well)."""
+        if self.swim is not None:
+            self._send_all(self.swim.leave(self.node.clock()))
+
+    def round(self) -> float:
+        """Do what SWIM has due, apply its verdicts, republish this node's metadata, keep links to the view;
+        returns the wait to the next round."""
+        swim = self.swim
+        if swim is None:
+            return MAX_WAIT_S
+        now = self.node.clock()
+        self._publish_meta(swim, now)
+        self._send_all(swim.tick(now))
+        self._apply(swim, now)
+        if now >= self._next_links_at:
+            self._next_links_at = now + self.config.probe_interval
+            self._keep_links(swim, now)
+        return max(0.0, min(swim.next_wakeup() - self.node.clock(), MAX_WAIT_S))
+
+    # -- receiving --------------------------------------------------------------------------------------------
+
+    def on_message(self, sender: str, message: protocol.Message, inbound: bool = False) -> None:
+        """A SWIM message from `sender`, a node id its connection vouches for; `inbound`: it came on this
+        node's ROUTER (the sender's DEALER), not on a link of this node."""
+        swim = self.swim
+        if swim is None:
+            return
+        if inbound:
+            self._inbound[sender] = self.node.clock()
+        try:
+            parsed = from_fields(message.type, dict(message.fields))
+        except Malformed as exc:
+            self.malformed += 1
+            self.node.dropped_frames += 1
+            self.node.say_quietly(sender, f"refused {message.type}: {exc}")
+            return
+        now = self.node.clock()
+        self._send_all(swim.receive(now, sender, parsed))
+        self._apply(swim, now)
+
+    def heard(self, identity: Identity, load: Load | None) -> None:
+        """A HEARTBEAT or HELLO on a link: fresher identity and load than gossip's, liveness left to SWIM."""
+        table = self.node.table
+        if table is not None and self.swim is not None and self.swim.state_of(identity.node_id) in ("alive",
+                                                                                                     "suspect"):
+            table.refresh(identity, load, self.node.clock(), first_hand=True)
+
+    # -- sending ----------------------------------------------------------------------------------------------
+
+    def _send_all(self, outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            self._send(out)
+
+    def _send(self, out: Outgoing) -> None:
+        """On this node's link to the member (dialled if need be); a reply to a node not listed yet goes back
+        on the connection its request came on (the ROUTER: its DEALER's id is its node id)."""
+        node = self.node
+        kind, fields = to_fields(out.message)
+        link = node.links.get(out.address) if out.address else None
+        if link is not None and link.node_id not in (None, out.to) and out.to:
+            link = None  # another process answers at that address now
+        if link is None and out.to and node.clock() - self._inbound.get(out.to, -INBOUND_S) < INBOUND_S:
+            node.reply(out.to.encode(), kind, **fields)
+            return
+        if link is None and out.address and not out.to:
+            link = node.dial(out.address, seed=out.address in node.settings.peers)  # a join, through a seed
+        elif link is None and out.to and out.address and self._knows(out.to):
+            link = node.dial(out.address)
+        if link is not None:
+            node.send_on_link(link, kind, protocol.encode(node.message(kind, **fields)))
+        elif out.to:
+            node.reply(out.to.encode(), kind, **fields)
+
+    def _knows(self, node_id: str) -> bool:
+        swim = self.swim
+        return swim is not None and swim.member(node_id) is not None
+
+    # -- the peer table follows SWIM ------------------------------------------------------------------------------
+
+    def _apply(self, swim: Swim, now: float) -> None:
+        for change in swim.take_changes():
+            self._apply_change(swim, change, now)
+        for node_id in swim.take_meta_changes():
+            self._refresh_from_meta(swim, node_id, now)
+
+    def _apply_change(self, swim: Swim, change: Change, now: float) -> None:
+        node, table = self.node, self.node.table
+        if table is None:
+            return
+        if change.new == "alive" and (change.old is None or change.old in ("dead", "left")
+                                      or table.get(change.node) is None):
+            member = swim.member(change.node)
+            decoded = decode_meta(change.node, member.address, member.meta) if member is not None else None
+            if decoded is None:
+                log.warning("member %s gossips no readable identity: not listed", change.node)
+                return
+            identity, load = decoded
+            try:
+                node.observe_identity(identity, load)
+            except NameTaken as exc:
+                node.say_quietly(change.node, f"member {change.node} not listed: {exc}")
+            return
+        transition = table.judge(change.node, change.new, now)
+        if transition is not None:
+            node.on_transition(transition)
+
+    def _refresh_from_meta(self, swim: Swim, node_id: str, now: float) -> None:
+        table, member = self.node.table, swim.member(node_id)
+        peer = table.get(node_id) if table is not None else None
+        if peer is None or member is None:
+            return
+        decoded = decode_meta(node_id, member.address, member.meta)
+        if decoded is None:
+            return
+        identity, load = decoded
+        keep_heartbeat_load = now - peer.last_seen < FRESH_HEARTBEAT_S
+        table.refresh(identity, None if keep_heartbeat_load else load, now, first_hand=False)
+
+    def _publish_meta(self, swim: Swim, now: float) -> None:
+        node = self.node
+        meta = encode_meta(node.identity(), node.load())
+        if meta == self._meta:
+            return
+        identity_changed = _identity_of(meta) != _identity_of(self._meta)
+        if identity_changed or now - self._meta_at >= META_INTERVAL_S:
+            self._meta, self._meta_at = meta, now
+            swim.set_meta(meta)
+
+    # -- links follow the active view -----------------------------------------------------------------------------
+
+    def _keep_links(self, swim: Swim, now: float) -> None:
+        """Dial the view's members; close other links once idle (never a seed's, nor one a task runs on)."""
+        node = self.node
+        view = set(swim.active_view())
+        for node_id in view:
+            member = swim.member(node_id)
+            if member is not None and member.address not in node.links:
+                node.dial(member.address)
+        self._inbound = {sender: at for sender, at in self._inbound.items() if now - at < INBOUND_S}
+        working = node.origin.busy_executor_ids()
+        for link in list(node.links.values()):
+            if link.seed or link.node_id is None or link.node_id in view or link.node_id in working:
+                continue
+            if now - link.used_at > LINK_IDLE_S:
+                node.close_link(link, "outside the active view and idle")
+
+
+def _identity_of(meta: bytes) -> Identity | None:
+    """The identity part of a metadata blob (its load part changes all the time)."""
+    decoded = decode_meta("-", "-", meta)
+    return None if decoded is None else decoded[0]
