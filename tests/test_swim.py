@@ -544,3 +544,17 @@ def test_a_push_pull_with_many_news_spreads_refutations_but_not_the_members_it_j
     assert node.state_of("new-0") == "alive"
     spread = {update.node for update in updates_in(node.tick(1.0 + QUIET.gossip_interval))}
     assert spread == {"peer-2"}  # the mesh knows the newcomers; peer-2's new incarnation is news to it
+
+
+def test_a_hint_brings_a_probe_forward_but_the_verdict_stays_the_protocols() -> None:
+    node = quiet_node()
+    assert node.next_wakeup() > 0.5 and not [o for o in node.tick(0.5) if isinstance(o.message, Ping)]
+    node.probe_soon("peer-4", 0.5)  # its connection closed, say
+    pings = [out for out in node.tick(0.5) if isinstance(out.message, Ping)]
+    assert [out.to for out in pings] == ["peer-4"]
+    node.receive(0.6, "peer-4", Ack(pings[0].message.seq))
+    node.tick(0.7)
+    assert node.state_of("peer-4") == "alive"  # it answered: nothing changes
+    for stranger in ("stranger", node.node):
+        node.probe_soon(stranger, 0.8)
+    assert not [o for o in node.tick(0.8) if isinstance(o.message, Ping)]

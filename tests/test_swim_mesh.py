@@ -155,8 +155,11 @@ def test_a_killed_node_is_judged_dead_everywhere_and_a_frozen_one_comes_back(mes
                    interval=0.1, what=f"every node to judge {frozen.name} dead")
     finally:
         os.kill(frozen.proc.pid, signal.SIGCONT)
+    stopped = {w.name: _dead_at(w, frozen.name) - frozen_at for w in watchers}
+    assert max(stopped.values()) <= DEAD_BOUND_S, sorted(stopped.items(), key=lambda kv: kv[1])[-3:]
     live = {daemon.name for daemon in mesh} - {victim.name}
     wait_until(lambda: all(alive_names(daemon) == live for daemon in (frozen, *watchers[::4])), 15, interval=0.2,
                what=f"{frozen.name} alive again everywhere (it refutes with a new incarnation)")
     print(f"\nswim, {NODES} nodes, view_rings 1: SIGKILL dead everywhere in {min(took.values()):.2f}–"
-          f"{max(took.values()):.2f} s (bound {DEAD_BOUND_S} s)")
+          f"{max(took.values()):.2f} s, SIGSTOP in {min(stopped.values()):.2f}–{max(stopped.values()):.2f} s "
+          f"(bound {DEAD_BOUND_S} s)")

@@ -360,6 +360,19 @@ class Swim:
                              now + self.config.probe_interval * stretch)
         out.append(Outgoing(target, row.address, Ping(self._probe.seq, target, self._buddy(target))))
 
+    def probe_soon(self, node: str, now: float) -> None:
+        """A hint from the transport that `node` may be gone (its connection closed): probe it next, as soon as
+        the probe in flight (if any) ends, instead of in its turn. The verdict is still the protocol's: a node
+        whose connection merely dropped answers, and nothing changes. Every node linked to a crashed one gets
+        the hint at once, so the suspicion gathers its confirmations at once too."""
+        row = self._rows.get(node)
+        probe = self._probe
+        if self._left or row is None or row.status not in UP or (probe is not None and probe.target == node):
+            return
+        self._order.insert(self._order_at, node)
+        if probe is None:
+            self._next_probe_at = min(self._next_probe_at, now)
+
     def _buddy(self, target: str) -> tuple[Update, ...]:
         """A ping's piggyback: a suspect first hears that it is suspected (Lifeguard's buddy system)."""
         row = self._rows[target]

@@ -386,6 +386,8 @@ class Node:
         if peer is not None and peer.state in ("alive", "suspect"):
             log.info("connection to %s (%s) closed", peer.name, link.endpoint)
             self.origin.executor_lost(peer.node_id, peer.name, "unreachable (connection closed)")
+            if self.swim is not None:
+                self.swim.connection_closed(peer.node_id)
 
     def _on_refused_handshake(self, event: int) -> None:
         """Someone dialled this node with another mesh key or none (libzmq retries every few hundred ms, so

@@ -44,6 +44,9 @@ long without traffic and without a task of this origin running there."""
 INBOUND_S = 2.0
 """A node heard on this node's ROUTER this recently has its DEALER connected here: a reply to it goes back
 that way instead of through a new link."""
+SILENT_INTERVALS = 1.5
+"""Heartbeat intervals without a word on a link after which its peer is probed out of turn (heartbeats flow on
+every link). A late beat costs one extra probe, which is answered."""
 FRESH_HEARTBEAT_S = 2.0
 """A peer heard first-hand this recently keeps its heartbeat's load (with its cache summary) over gossip's."""
 
@@ -59,6 +62,8 @@ class SwimMembership:
         self._meta = b""
         self._meta_at = 0.0
         self._next_links_at = 0.0
+        self._hinted: set[str] = set()
+        """Linked peers whose silence already made this node probe them out of turn (once per silence)."""
         self._inbound: dict[str, float] = {}
         """Node id → when it last sent on this node's ROUTER (`INBOUND_S`)."""
         self.malformed = 0
@@ -93,6 +98,7 @@ class SwimMembership:
         if now >= self._next_links_at:
             self._next_links_at = now + self.config.probe_interval
             self._keep_links(swim, now)
+        self._probe_the_silent(swim, now)
         return max(0.0, min(swim.next_wakeup() - self.node.clock(), MAX_WAIT_S))
 
     # -- receiving --------------------------------------------------------------------------------------------
@@ -115,6 +121,12 @@ class SwimMembership:
         now = self.node.clock()
         self._send_all(swim.receive(now, sender, parsed))
         self._apply(swim, now)
+
+    def connection_closed(self, node_id: str) -> None:
+        """This node's link to `node_id` lost its connection (the process died, or the network dropped it):
+        probe it now rather than in its turn (`Swim.probe_soon`)."""
+        if self.swim is not None:
+            self.swim.probe_soon(node_id, self.node.clock())
 
     def heard(self, identity: Identity, load: Load | None) -> None:
         """A HEARTBEAT or HELLO on a link: fresher identity and load than gossip's, liveness left to SWIM."""
@@ -203,6 +215,24 @@ class SwimMembership:
         if identity_changed or now - self._meta_at >= META_INTERVAL_S:
             self._meta, self._meta_at = meta, now
             swim.set_meta(meta)
+
+    def _probe_the_silent(self, swim: Swim, now: float) -> None:
+        """A linked peer that has sent no heartbeat for `SILENT_INTERVALS` is probed out of turn: every node
+        linked to a frozen one then accuses it within a period or two, and the suspicion reaches its floor at
+        once instead of waiting for probes in turn (32 daemons: a freeze was judged in 3.2-5.8 s without this)."""
+        table = self.node.table
+        if table is None:
+            return
+        silent_s = SILENT_INTERVALS * self.config.probe_interval
+        for link in self.node.links.values():
+            peer = table.get(link.node_id) if link.node_id else None
+            if peer is None or peer.state not in ("alive", "suspect"):
+                continue
+            if now - peer.last_seen < silent_s:
+                self._hinted.discard(peer.node_id)
+            elif peer.node_id not in self._hinted:
+                self._hinted.add(peer.node_id)
+                swim.probe_soon(peer.node_id, now)
 
     # -- links follow the active view -----------------------------------------------------------------------------
 
