@@ -34,6 +34,8 @@ from zmqllm.client import AsyncClient
 
 MODEL = "bundled:gemma3-270m"
 TOKENS = 128
+WARMUP_TOKENS = 8
+"""A warm-up request only loads the model and fills the caches: a few tokens do."""
 CTX_PER_SLOT = 512
 PROMPTS = ["The capital of France is", "Once upon a time", "The best way to cook rice is", "Water boils at",
            "My favourite colour is", "The train left the station", "In the year 1900", "Cats and dogs"]
@@ -49,12 +51,12 @@ Round = Callable[[], tuple[float, list[float]]]
 """One round of `width` concurrent streams: aggregate tok/s and every inter-token gap (ms)."""
 
 
-async def _mesh_round(endpoint: str, width: int) -> tuple[float, list[float]]:
+async def _mesh_round(endpoint: str, width: int, tokens: int) -> tuple[float, list[float]]:
     gaps: list[float] = []
 
     async def one(client: AsyncClient, prompt: str) -> int:
         last, produced = 0.0, 0
-        async for event in client.submit(prompt, max_tokens=TOKENS, params={"temperature": 0.0}):
+        async for event in client.submit(prompt, max_tokens=tokens, params={"temperature": 0.0}):
             if event["type"] == "token":
                 now = time.perf_counter()
                 if last:
@@ -73,13 +75,13 @@ async def _mesh_round(endpoint: str, width: int) -> tuple[float, list[float]]:
 
 
 @contextlib.contextmanager
-def _mesh(home: str, width: int, slots: int, threads: int, gpu_layers: int) -> Iterator[Round]:
+def _mesh(home: str, width: int, slots: int, threads: int, gpu_layers: int, tokens: int) -> Iterator[Round]:
     """A llama daemon with `slots` slots, warmed up."""
     with daemons(home) as start:
         _, endpoint = start(f"bench{slots}", "--engine", "llama", "--model", MODEL, "--slots", str(slots),
                             "--threads", str(threads), "--ctx", str(CTX_PER_SLOT), "--gpu-layers", str(gpu_layers))
-        asyncio.run(_mesh_round(endpoint, 1))
-        yield lambda: asyncio.run(_mesh_round(endpoint, width))
+        asyncio.run(_mesh_round(endpoint, 1, WARMUP_TOKENS))
+        yield lambda: asyncio.run(_mesh_round(endpoint, width, tokens))
 
 
 def _free_port() -> int:
@@ -88,13 +90,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_round(base: str, width: int) -> tuple[float, list[float]]:
+def _server_round(base: str, width: int, tokens: int) -> tuple[float, list[float]]:
     """Streamed as zmqllm streams: one SSE event per token, read as it comes."""
     gaps: list[float] = []
     counts: list[int] = []
 
     def complete(prompt: str) -> None:
-        body = json.dumps({"prompt": prompt, "n_predict": TOKENS, "temperature": 0.0, "cache_prompt": False,
+        body = json.dumps({"prompt": prompt, "n_predict": tokens, "temperature": 0.0, "cache_prompt": False,
                            "stream": True}).encode()
         request = urllib.request.Request(base + "/completion", body, {"Content-Type": "application/json"})
         last, predicted = 0.0, 0
@@ -124,7 +126,7 @@ def _server_round(base: str, width: int) -> tuple[float, list[float]]:
 
 
 @contextlib.contextmanager
-def _server(binary: str, model: Path, width: int, threads: int, gpu_layers: int) -> Iterator[Round]:
+def _server(binary: str, model: Path, width: int, threads: int, gpu_layers: int, tokens: int) -> Iterator[Round]:
     """`llama-server -np width` on a free port, warmed up."""
     port = _free_port()
     proc = subprocess.Popen([binary, "-m", str(model), "-np", str(width), "-c", str(CTX_PER_SLOT * width),
@@ -143,8 +145,8 @@ def _server(binary: str, model: Path, width: int, threads: int, gpu_layers: int)
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"llama-server at {binary} did not start")
             time.sleep(0.2)
-        _server_round(base, 1)
-        yield lambda: _server_round(base, width)
+        _server_round(base, 1, WARMUP_TOKENS)
+        yield lambda: _server_round(base, width, tokens)
     finally:
         proc.terminate()
         try:
@@ -170,7 +172,7 @@ def pick_server(given: str | None, build: bool, progress: Callable[[str], None])
 
 
 def run_concurrency(runs: int = 3, threads: int = 2, widths: tuple[int, ...] = (4, 8),
-                    llama_server: str | None = None, build: bool = True, gpu_layers: int = 0,
+                    llama_server: str | None = None, build: bool = True, gpu_layers: int = 0, tokens: int = TOKENS,
                     progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Median (and range) aggregate tok/s per width, zmqllm ÷ baseline, and inter-token latency."""
     llama_server, no_server = pick_server(llama_server, build, progress)
@@ -181,14 +183,14 @@ def run_concurrency(runs: int = 3, threads: int = 2, widths: tuple[int, ...] = (
                 from zmqllm.engines.bundled import resolve_model_path
 
                 model = resolve_model_path(MODEL, paths.cache_dir() / "models")
-                baseline = _server(llama_server, model, width, threads, gpu_layers)
+                baseline = _server(llama_server, model, width, threads, gpu_layers, tokens)
                 label = f"llama-server -np {width}"
             else:
-                baseline = _mesh(home, width, 1, threads, gpu_layers)
+                baseline = _mesh(home, width, 1, threads, gpu_layers, tokens)
                 label = f"zmqllm slots=1 (no llama-server: {no_server})"
             progress(f"N={width}: {runs} rounds each, alternating zmqllm slots={width} and {label}")
             mesh, base, gaps, base_gaps = [], [], [], []
-            with _mesh(home, width, width, threads, gpu_layers) as mesh_round, baseline as base_round:
+            with _mesh(home, width, width, threads, gpu_layers, tokens) as mesh_round, baseline as base_round:
                 for _ in range(runs):  # alternating, so drift on the machine hits both alike
                     rate, round_gaps = mesh_round()
                     mesh.append(rate)
@@ -203,7 +205,7 @@ def run_concurrency(runs: int = 3, threads: int = 2, widths: tuple[int, ...] = (
                          "itl_p99_ms": round(_percentile(gaps, 0.99), 1),
                          "baseline_itl_p50_ms": round(_percentile(base_gaps, 0.5), 1),
                          "baseline_itl_p99_ms": round(_percentile(base_gaps, 0.99), 1)})
-    lines = [f"concurrency: N concurrent {TOKENS}-token greedy requests, bundled model, {threads} threads, "
+    lines = [f"concurrency: N concurrent {tokens}-token greedy requests, bundled model, {threads} threads, "
              f"{gpu_layers} GPU layers, {runs} runs (median [range])"]
     for row in rows:
         mesh, base = row["mesh_tok_s"], row["baseline_tok_s"]

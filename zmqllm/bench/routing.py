@@ -78,7 +78,7 @@ class RoutingSettings:
 
     @classmethod
     def quick(cls) -> RoutingSettings:
-        return cls(duration_s=4.0, runs=1)
+        return cls(duration_s=3.0, runs=1)
 
     @property
     def arrivals_per_s(self) -> float:

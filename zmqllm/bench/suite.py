@@ -108,13 +108,13 @@ def _overhead(quick: bool, progress: Progress) -> dict[str, Any]:
 def _concurrency(quick: bool, progress: Progress) -> dict[str, Any]:
     from zmqllm.bench import concurrency
 
-    runs, widths, threads = (1, (2,), 1) if quick else (3, (4, 8), 2)
+    runs, widths, threads, tokens = (1, (2,), 1, 64) if quick else (3, (4, 8), 2, concurrency.TOKENS)
     report = concurrency.run_concurrency(runs=runs, threads=threads, widths=widths, build=not quick,
-                                         progress=progress)
+                                         tokens=tokens, progress=progress)
     rows = report["rows"]
     against_server = all(row["baseline"].startswith("llama-server") for row in rows)
     return document("concurrency", {"runs": runs, "widths": list(widths), "threads": threads, "model": MODEL,
-                                    "slots": "= width", "tokens": concurrency.TOKENS,
+                                    "slots": "= width", "tokens": tokens,
                                     "ctx_per_slot": concurrency.CTX_PER_SLOT, "baseline": rows[0]["baseline"]},
                     {"rows": rows}, rows[-1]["ratio"], {"ratio_min": 1.0},
                     all(row["ratio"] >= 1.0 for row in rows) if against_server else None,
