@@ -127,6 +127,18 @@ def test_forged_and_malformed_swim_messages_are_refused(mesh: list[Daemon]) -> N
     assert alive_names(target) == {daemon.name for daemon in mesh}  # nobody was buried, nobody made up
 
 
+def test_a_second_node_with_a_live_name_is_refused(mesh: list[Daemon], tmp_path) -> None:
+    taken = mesh[3].name
+    impostor = launch(private_env(tmp_path / "home"), taken, *SWIM, "--peer", mesh[0].endpoint, heartbeat=0.5,
+                      wait=False)
+    try:
+        assert impostor.proc.wait(20) != 0
+    finally:
+        impostor.stop()
+    assert any(f"name {taken!r} is already used" in line for line in impostor.log_lines), impostor.log()
+    assert alive_names(mesh[0]) == {daemon.name for daemon in mesh}
+
+
 def _dead_at(daemon: Daemon, victim: str) -> float | None:
     for line in reversed(list(daemon.log_lines)):
         if f"peer {victim} " in line and "-> dead" in line:

@@ -188,7 +188,10 @@ class SwimMembership:
             try:
                 node.observe_identity(identity, load)
             except NameTaken as exc:
+                # told on its own connection, if it has one here: from its seed, that stops it (as a HELLO's
+                # refusal does), from anyone else it closes that link
                 node.say_quietly(change.node, f"member {change.node} not listed: {exc}")
+                node.reply_error(change.node.encode(), "name_taken", f"refused by {node.settings.name}: {exc}")
             return
         transition = table.judge(change.node, change.new, now)
         if transition is not None:
