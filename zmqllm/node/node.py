@@ -162,7 +162,7 @@ class Node:
         """Incoming connections that failed the security handshake (mesh keys that differ)."""
         self._quiet = Quiet(REFUSED_LOG_INTERVAL_S)
         self._router_rules = dispatch.router_rules(self)
-        self.swim = SwimMembership(self, settings.swim) if settings.membership == "swim" else None
+        self.swim = SwimMembership(self, settings.swim, settings.peers) if settings.membership == "swim" else None
 
     # -- lifecycle --------------------------------------------------------------
 

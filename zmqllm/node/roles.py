@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from zmqllm.core.metrics import NodeStats
-from zmqllm.core.membership import Identity, Load, PeerTable
+from zmqllm.core.membership import Identity, Load, PeerTable, Transition
+from zmqllm.core.protocol import Message
 from zmqllm.core.events import EventHub
 from zmqllm.core.tasks import OriginTask, TaskSpec
 from zmqllm.engines.base import Engine
@@ -121,3 +122,35 @@ class ForwardHost(Replies, Protocol):
     def link_for(self, node_id: str) -> Any: ...
 
     def send_to_peer(self, node_id: str, type_: str, **fields: Any) -> Sent: ...
+
+
+class SwimHost(Replies, Protocol):
+    """What SWIM in the daemon needs (node/swim_membership.py): the links it opens and closes, the table it
+    keeps, the node's own identity and load for its metadata, and the executors the origin has tasks on (their
+    links stay open)."""
+
+    node_id: str
+    endpoint: str
+    table: PeerTable | None
+    links: dict[str, Any]
+    origin: Any
+    clock: Callable[[], float]
+    dropped_frames: int
+
+    def identity(self) -> Identity: ...
+
+    def load(self) -> Load: ...
+
+    def message(self, type_: str, *, re: int | None = None, **fields: Any) -> Message: ...
+
+    def dial(self, endpoint: str, seed: bool = False) -> Any: ...
+
+    def send_on_link(self, link: Any, type_: str, payload: bytes, task_id: str | None = None) -> Sent: ...
+
+    def close_link(self, link: Any, why: str, linger_ms: int = 0) -> None: ...
+
+    def observe_identity(self, identity: Identity, load: Load | None) -> None: ...
+
+    def on_transition(self, change: Transition) -> None: ...
+
+    def say_quietly(self, identity: bytes | str, what: str) -> None: ...

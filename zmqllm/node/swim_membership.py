@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING
 
 from zmqllm.core import protocol
 from zmqllm.core.membership import Identity, Load, NameTaken
 from zmqllm.core.swim import Change, Malformed, Outgoing, Swim, SwimConfig, from_fields, to_fields
 from zmqllm.core.swim_meta import decode_meta, encode_meta
-
-if TYPE_CHECKING:
-    from zmqllm.node.node import Node
+from zmqllm.node.roles import SwimHost
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +51,11 @@ FRESH_HEARTBEAT_S = 2.0
 class SwimMembership:
     """One node's SWIM: started by `Node.run`, fed by its sockets, ticked by its own loop."""
 
-    def __init__(self, node: Node, config: SwimConfig, rng: random.Random | None = None) -> None:
+    def __init__(self, node: SwimHost, config: SwimConfig, seeds: tuple[str, ...] = (),
+                 rng: random.Random | None = None) -> None:
         self.node = node
         self.config = config
+        self.seeds = seeds
         self.swim: Swim | None = None
         self._rng = rng or random.Random()
         self._meta = b""
@@ -78,7 +77,7 @@ class SwimMembership:
         self._meta = encode_meta(node.identity(), node.load())
         self._meta_at = now
         self.swim = Swim(node.node_id, node.endpoint, now, self._rng, self.config, self._meta)
-        self._send_all(self.swim.join(now, node.settings.peers))
+        self._send_all(self.swim.join(now, self.seeds))
 
     def leave(self) -> None:
         """Say `left` to the active view (the BYE that follows reaches every link as well)."""
@@ -153,7 +152,7 @@ class SwimMembership:
             node.reply(out.to.encode(), kind, **fields)
             return
         if link is None and out.address and not out.to:
-            link = node.dial(out.address, seed=out.address in node.settings.peers)  # a join, through a seed
+            link = node.dial(out.address, seed=out.address in self.seeds)  # a join, through a seed
         elif link is None and out.to and out.address and self._knows(out.to):
             link = node.dial(out.address)
         if link is not None:
@@ -191,7 +190,7 @@ class SwimMembership:
                 # told on its own connection, if it has one here: from its seed, that stops it (as a HELLO's
                 # refusal does), from anyone else it closes that link
                 node.say_quietly(change.node, f"member {change.node} not listed: {exc}")
-                node.reply_error(change.node.encode(), "name_taken", f"refused by {node.settings.name}: {exc}")
+                node.reply_error(change.node.encode(), "name_taken", f"refused by {node.identity().name}: {exc}")
             return
         transition = table.judge(change.node, change.new, now)
         if transition is not None:
