@@ -249,8 +249,9 @@ LONG = "The river runs past the old mill, where the miller counts his sacks of g
 # Gap bound: with 128-token prefill chunks a step takes 0.17-0.25 s here (one of
 # 0.57 s seen at KV position 1024) and p99 of the streams' gaps was 0.24-0.35 s
 # over a 2.5-2.9 s prefill; the whole prompt in one step stalls them 3.0 s. So
-# p99 must stay under a third of the prefill time, and under 1.5 s.
-MAX_GAP_S = 1.5
+# p99 must stay under a third of the prefill time. Only relative to it: on a
+# machine busy with other work everything stretches alike (a CI run beside 12
+# other daemons: a 9.6 s prefill, p99 2.5 s, no stall).
 
 
 def test_long_prompt_does_not_stall_running_streams(engine: BatchedLlamaEngine) -> None:
@@ -274,7 +275,7 @@ def test_long_prompt_does_not_stall_running_streams(engine: BatchedLlamaEngine) 
     p99 = gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))]
     print(f"prefill {window:.2f} s, {len(gaps)} gaps, median {gaps[len(gaps) // 2] * 1000:.0f} ms, "
           f"p99 {p99 * 1000:.0f} ms")
-    assert p99 < min(MAX_GAP_S, window / 3)
+    assert p99 < window / 3
 
 
 # --- sampling and resume -------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""32 echo daemons on this machine, each started with one seed: the whole mesh converges, a SIGKILLed and a
-SIGSTOPped node are judged dead everywhere within the documented bound, and each node keeps one link per peer.
+"""32 echo daemons on this machine, each started with one seed: the whole mesh converges, a task reaches every
+node, a SIGKILLed and a SIGSTOPped node are judged dead everywhere within the documented bound, and each node
+keeps one link per peer.
 
-Today's daemons run the all-to-all heartbeat (docs/protocol.md, "Heartbeats and liveness"): below the partial-view
-threshold of 64 (docs/membership.md) every node links to every other, so 31 links each. Detection times are read
+The daemons run the default membership, the all-to-all heartbeat (docs/protocol.md, "Heartbeats and liveness"),
+so every node links to every other: 31 links each (under `membership = "swim"` too, below its partial-view
+threshold of 64; tests/test_swim_mesh.py covers SWIM's partial views). Detection times are read
 from the daemons' own log lines (`peer NAME alive -> dead`, stamped when the node decided), not from polling.
 """
 
@@ -108,6 +110,12 @@ def _check_the_mesh(daemons: list[Daemon], started: float) -> None:
         with daemon.client() as client:
             status = client.status()
         assert status["links"] == NODES - 1 and status["peers"]["alive"] == NODES - 1, (daemon.name, status)
+
+    # tasks reach every node: one pinned to each, from one node
+    with daemons[9].client() as client:
+        for target in daemons:
+            done = list(client.submit("ping", max_tokens=2, peer=target.name))[-1]
+            assert done["type"] == "done" and done["executed_by"] == target.name, done
 
     # SIGKILL: every other node judges it dead within the bound
     victim = daemons[17]

@@ -28,11 +28,12 @@ VIEW_LINKS = 2
 LINK_BOUND = VIEW_LINKS + 1 + 2
 """View links, the seed (never closed), and at most 2 dialled on demand for push-pulls in the last 5 s (one
 every 10 s per node, each closed after 5 s idle; replies go back on the asker's own connection)."""
-DEAD_BOUND_S = 8.0
-"""From a SIGKILL to dead at every other node: at most 2 probe periods until a ring neighbour probes it (each
-node probes only its 2 view members), a period for the indirect probes, a suspicion of at most 4 × 1.08 s
-shrunk by the other neighbour's confirmation, then gossip: about 5 s; the rest is for 12 processes sharing 2
-cores. docs/membership.md has the measured figures."""
+DEAD_BOUND_S = 10.0
+"""From a SIGKILL or SIGSTOP to dead at every other node. Only the victim's 2 ring neighbours probe it (and the
+nodes linked to it: a closed connection or silent heartbeats bring their probe forward), so its suspicion gets
+one confirmation or none: Lifeguard then waits between the floor (1.08 s at 12 nodes) and 4 floors (4.3 s). A
+probe period, the indirect probes and gossip come on top: 2.3-5.1 s measured on an idle machine; the rest is for
+12 processes sharing 2 cores with other work. docs/membership.md has the figures."""
 LLAMA = ("--model", "bundled:gemma3-270m", "--threads", "1", "--ctx", "512")
 
 

@@ -24,7 +24,7 @@ import random
 
 from zmqllm.core import protocol
 from zmqllm.core.membership import Identity, Load, NameTaken
-from zmqllm.core.swim import Change, Malformed, Outgoing, Swim, SwimConfig, from_fields, to_fields
+from zmqllm.core.swim import UP, Change, Malformed, Outgoing, Swim, SwimConfig, from_fields, to_fields
 from zmqllm.core.swim_meta import decode_meta, encode_meta
 from zmqllm.node.roles import SwimHost
 
@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 0.05
 """Longest sleep of the SWIM loop: a message that arrives may make something due sooner than planned."""
+META_CHECK_S = 0.25
+"""How often this node looks whether its identity or load changed (reading the load is not free)."""
 META_INTERVAL_S = 1.0
-"""This node's load is republished at most once a second (an identity change at once): each new version is a
-rumor every member passes on a few times."""
+"""This node's load is republished at most once a second (an identity change within `META_CHECK_S`): each new
+version is a rumor every member passes on a few times."""
 LINK_IDLE_S = 5.0
 """A link outside the active view (dialled on demand to run a task, or for a push-pull) is closed after this
 long without traffic and without a task of this origin running there."""
@@ -61,6 +63,7 @@ class SwimMembership:
         self._meta = b""
         self._meta_at = 0.0
         self._next_links_at = 0.0
+        self._next_meta_at = 0.0
         self._hinted: set[str] = set()
         """Linked peers whose silence already made this node probe them out of turn (once per silence)."""
         self._inbound: dict[str, float] = {}
@@ -91,7 +94,9 @@ class SwimMembership:
         if swim is None:
             return MAX_WAIT_S
         now = self.node.clock()
-        self._publish_meta(swim, now)
+        if now >= self._next_meta_at:
+            self._next_meta_at = now + META_CHECK_S
+            self._publish_meta(swim, now)
         self._send_all(swim.tick(now))
         self._apply(swim, now)
         if now >= self._next_links_at:
@@ -129,9 +134,8 @@ class SwimMembership:
 
     def heard(self, identity: Identity, load: Load | None) -> None:
         """A HEARTBEAT or HELLO on a link: fresher identity and load than gossip's, liveness left to SWIM."""
-        table = self.node.table
-        if table is not None and self.swim is not None and self.swim.state_of(identity.node_id) in ("alive",
-                                                                                                     "suspect"):
+        table, swim = self.node.table, self.swim
+        if table is not None and swim is not None and swim.state_of(identity.node_id) in UP:
             table.refresh(identity, load, self.node.clock(), first_hand=True)
 
     # -- sending ----------------------------------------------------------------------------------------------
