@@ -21,6 +21,8 @@ import pytest
 from conftest import Daemon, alive_names, launch, private_env, wait_until
 from test_authority import FakeNode
 
+from zmqllm.cli.render import status_lines
+
 NODES = 12
 SWIM = ("--membership", "swim", "--view-threshold", "4", "--view-rings", "1", "--heartbeat-interval", "0.5")
 VIEW_LINKS = 2
@@ -83,6 +85,9 @@ def test_links_stay_bounded_and_any_node_is_reached_on_demand(mesh: list[Daemon]
     counts = wait_until(lambda: (c := link_counts()) and max(c.values()) <= LINK_BOUND and c, 20, interval=0.5,
                         what=f"every node down to at most {LINK_BOUND} links")
     assert sum(counts.values()) < NODES * (NODES - 1) / 2, counts
+    status = _status(mesh[1])
+    assert status["membership"] == "swim" and status["peers"]["alive"] == NODES - 1
+    assert f"links:     {status['links']} (swim membership)" in status_lines(status)
 
     # a task pinned to each node runs there, from a node that is linked to few of them
     origin = mesh[5]

@@ -51,6 +51,8 @@ def status_lines(info: dict[str, Any]) -> str:
             f"{tasks['routing']} in flight as origin",
             "peers:     " + ", ".join(f"{n} {state}" for state, n in peers.items() if n) if any(peers.values())
             else "peers:     none",
+            f"links:     {info['links']} ({info.get('membership', 'heartbeat')} membership)" if "links" in info
+            else "links:     -",
             f"version:   {info['version']} (protocol {info['protocol_version']})",
         ]
     )

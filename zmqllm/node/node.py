@@ -795,4 +795,5 @@ class Node:
             "dropped_frames": self.dropped_frames,
             "refused_messages": self.refused_messages,
             "links": len(self.links),
+            "membership": self.settings.membership,
         }
