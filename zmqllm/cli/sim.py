@@ -70,7 +70,7 @@ def membership(nodes: int, loss: float, seed: int, node_days: float, as_json: bo
     then healed (time until every node is right about every other again).
     The all-to-all heartbeat (0.5 s beats, dead after 4 missed) is modelled
     at the same size, loss and duration. Progress goes to stderr; the
-    figures to stdout, with whether each of issue 21's goals is met.
+    figures to stdout, with whether each goal (docs/membership.md) is met.
 
     \b
     Examples:
