@@ -49,8 +49,9 @@ PROGRESS_EVERY_S = 5.0
 """Wall seconds between progress lines."""
 GOALS = {"detect_median_s": 5.0, "false_deaths_per_node_day": 1.0, "join_agree_median_s": 3.0,
          "msgs_per_node_s": 8.0}
-"""The goals at 1,000 nodes (docs/membership.md): detection ≤ 5 s median, < 1 false death per node-day, join agreement ≤ 3 s median, and
-per-node messages flat in N (≤ 8/s: twice the 4/s floor of one ping and one ack sent per 0.5 s period)."""
+"""The goals at 1,000 nodes (docs/membership.md): detection ≤ 5 s median, < 1 false death per node-day, join
+agreement ≤ 3 s median, and per-node messages flat in N (≤ 8/s: twice the 4/s floor of one ping and one ack
+sent per 0.5 s period)."""
 
 
 @dataclass(frozen=True)
