@@ -49,6 +49,20 @@ def test_a_record_keeps_as_many_prompts_as_the_engine_holds_newest_first() -> No
     assert record.advertised(lambda model: 0) == {}  # unloaded: nothing held
 
 
+def test_the_summary_is_built_once_until_a_record_changes() -> None:
+    record = CacheRecord()
+    first, second = (block_hashes(chat(f"topic {i} " * 40)) for i in range(2))
+    record.record("m", first, capacity=2)
+    summary = record.advertised(lambda model: 2)
+    assert record.advertised(lambda model: 2) is summary  # asked on every heartbeat and placement
+    record.record("m", second, capacity=2)
+    grown = record.advertised(lambda model: 2)
+    assert grown is not summary and grown["m"] == frozenset(first) | frozenset(second)
+    assert record.advertised(lambda model: 1)["m"] == frozenset(second)  # a shrunk cache is seen at once
+    record.forget("m")
+    assert record.advertised(lambda model: 2) == {}
+
+
 def test_the_summary_is_bounded_and_survives_the_wire() -> None:
     record = CacheRecord()
     for i in range(40):

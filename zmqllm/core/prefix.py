@@ -71,19 +71,24 @@ class CacheRecord:
 
     def __init__(self) -> None:
         self._chains: dict[str, list[list[int]]] = {}
+        self._summary: dict[str, frozenset[int]] | None = None
+        """`advertised()`'s last answer, until a record changes: every heartbeat and every placement asks."""
 
     def record(self, model: str, prefix: list[int], capacity: int) -> None:
         """`model` just served a prompt whose chain is `prefix`; its engine holds `capacity` prompts."""
         if capacity <= 0 or not prefix:
-            self._chains.pop(model, None)
+            if self._chains.pop(model, None) is not None:
+                self._summary = None
             return
         chains = [c for c in self._chains.get(model, []) if c != prefix]
         chains.append(prefix)
         self._chains[model] = chains[-capacity:]
+        self._summary = None
 
     def forget(self, model: str) -> None:
         """The model's cache is gone (unloaded)."""
-        self._chains.pop(model, None)
+        if self._chains.pop(model, None) is not None:
+            self._summary = None
 
     def advertised(self, capacity: Callable[[str], int]) -> dict[str, frozenset[int]]:
         """The hashes to put on the heartbeat, per model, newest prompts first, `MAX_ADVERTISED` in all. A model
@@ -93,8 +98,12 @@ class CacheRecord:
             keep = capacity(model)
             if keep <= 0:
                 del self._chains[model]
-            else:
+                self._summary = None
+            elif len(self._chains[model]) > keep:
                 self._chains[model] = self._chains[model][-keep:]
+                self._summary = None
+        if self._summary is not None:
+            return self._summary
         out: dict[str, frozenset[int]] = {}
         budget = MAX_ADVERTISED
         for model, chains in self._chains.items():
@@ -107,6 +116,7 @@ class CacheRecord:
             budget -= len(seen)
             if seen:
                 out[model] = frozenset(seen)
+        self._summary = out
         return out
 
 
