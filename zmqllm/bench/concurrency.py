@@ -29,6 +29,7 @@ from typing import Any
 
 from zmqllm.bench import llama_server as server_build
 from zmqllm.node import paths
+from zmqllm.bench.chaos import percentile
 from zmqllm.bench.mesh import daemons
 from zmqllm.client import AsyncClient
 
@@ -43,8 +44,8 @@ SERVER_READY_S = 120.0
 
 
 def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+    """`chaos.percentile`, with 0.0 for no values (a table cell, not a missing figure)."""
+    return percentile(values, q) or 0.0
 
 
 Round = Callable[[], tuple[float, list[float]]]
