@@ -558,3 +558,15 @@ def test_a_hint_brings_a_probe_forward_but_the_verdict_stays_the_protocols() -> 
     for stranger in ("stranger", node.node):
         node.probe_soon(stranger, 0.8)
     assert not [o for o in node.tick(0.8) if isinstance(o.message, Ping)]
+
+
+def test_a_node_that_left_stops_asking_to_be_ticked() -> None:
+    node = quiet_node()
+    node.receive(1.0, "peer-1", PingReq(5, "peer-2"))  # a relay it serves, its nack due at 41 s
+    node.leave(1.0)
+    now, ticks = 1.0, 0
+    while node.next_wakeup() != math.inf and ticks < 200:  # its goodbye is gossiped, then nothing is due
+        now = max(now, node.next_wakeup())
+        node.tick(now)
+        ticks += 1
+    assert node.next_wakeup() == math.inf, f"still due at {node.next_wakeup()} after {ticks} ticks"

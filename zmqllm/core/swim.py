@@ -13,7 +13,9 @@ finds its other half); differing digests trigger a full state exchange.
 This module is the protocol: the messages, the timers and this node's own incarnation and health. What the node
 believes of the others (the rows, the digest, the precedence rules, suspicions and the view) is
 `core/swim_table.py`'s `MemberTable`, which `Swim` feeds and reads; it calls back for news to spread, members
-that came up (probed within this pass) and what is said of this node (refuted here).
+that came up (probed within this pass) and what is said of this node (refuted here). The failure detector
+(this node's probes, their round-robin order, the ping-reqs it serves) is `core/swim_probe.py`'s `Prober`,
+which `Swim` ticks and hands the probe messages; it reads and moves the health kept here.
 
 Lifeguard, as HashiCorp memberlist has it:
 - a suspicion's timeout starts at `suspicion_max_mult` times its floor and shrinks as independent members
@@ -45,6 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from zmqllm.core.swim_config import SwimConfig
+from zmqllm.core.swim_probe import Prober
 from zmqllm.core.swim_rumors import RumorQueue
 from zmqllm.core.swim_table import Change, Member, MemberTable, Row
 from zmqllm.core.swim_wire import (MAX_INCARNATION_STEP, MAX_META_BYTES, MAX_NODE_ID, MAX_NUMBER, MAX_PIGGYBACK,
@@ -54,10 +57,6 @@ from zmqllm.core.swim_wire import (MAX_INCARNATION_STEP, MAX_META_BYTES, MAX_NOD
 __all__ = ["UP", "Change", "Malformed", "Member", "Message", "Outgoing", "Status", "Swim", "SwimConfig", "Update",
            "from_fields", "to_fields"]
 
-MAX_RELAYS = 256
-"""Ping-reqs served at once; more is a flood."""
-
-
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A message to send. `address` is empty for a reply to a node not (yet) in the table: send it back on
@@ -66,30 +65,6 @@ class Outgoing:
     to: str
     address: str
     message: Message
-
-
-@dataclass(slots=True)
-class _Probe:
-    """This node's probe in flight: acks count from the target or from a helper asked to relay; nacks only
-    from helpers, once each."""
-
-    target: str
-    seq: int
-    indirect_at: float
-    ends_at: float
-    indirect_sent: bool = False
-    helpers: frozenset[str] = frozenset()
-    nacked: frozenset[str] = frozenset()
-
-
-@dataclass(slots=True)
-class _Relay:
-    """A ping-req this node serves: `target`'s ack (to our own seq) goes back to `requester` as `their_seq`."""
-
-    requester: str
-    target: str
-    their_seq: int
-    nack_at: float
 
 
 class Swim:
@@ -116,12 +91,8 @@ class Swim:
         self._news: list[Update] | None = None
         self._seeds: list[str] = []
         self._next_join_at = math.inf
-        self._probe: _Probe | None = None
-        self._order: list[str] = []
-        self._order_at = 0
-        self._relays: dict[int, _Relay] = {}
-        self._seq = 0
-        self._next_probe_at = now + rng.uniform(0, config.probe_interval)
+        self._prober = Prober(node, self._table, config, rng, now, health=lambda: self.health,
+                              adjust_health=self._adjust_health, piggyback=self._piggyback, to=self._to)
         self._next_gossip_at = now
         self._next_push_pull_at = now + rng.uniform(0, config.push_pull_interval)
         self._next_catch_up_at = now
@@ -154,7 +125,7 @@ class Swim:
         self._set_my_incarnation(self.incarnation + 1)
         bye = self._my_update()
         self._rumors.add(bye)
-        self._probe = None
+        self._prober.stop()
         return [self._to(node, Gossip((bye,))) for node in self._table.current_view()]
 
     def set_meta(self, meta: bytes) -> None:
@@ -204,13 +175,8 @@ class Swim:
 
     def next_wakeup(self) -> float:
         """The latest time the next `tick` is due (calling it earlier is harmless)."""
-        times = [] if self._left else [self._next_probe_at, self._next_push_pull_at]
-        probe = self._probe
-        if probe is not None:
-            times.append(probe.ends_at if probe.indirect_sent else probe.indirect_at)
-        if self._relays:
-            times.append(next(iter(self._relays.values())).nack_at)
-        times.append(self._table.next_deadline())
+        times = [] if self._left else [self._next_push_pull_at]
+        times += [self._prober.next_wakeup(), self._table.next_deadline()]
         if self._rumors:
             times.append(self._next_gossip_at)
         if self._seeds:
@@ -230,11 +196,9 @@ class Swim:
             else:
                 out += self.join(now, self._seeds)
         if not self._left:
-            self._advance_probe(now, out)
-            self._send_due_nacks(now, out)
+            self._prober.settle(now, out)
             self._expire_suspicions(now, out)
-            if now >= self._next_probe_at:
-                self._start_probe(now, out)
+            self._prober.start_due(now, out)
             if now >= self._next_push_pull_at:
                 self._push_pull(now, out)
             if self._table.recent_deaths and now >= self._next_reconnect_at:
@@ -243,93 +207,13 @@ class Swim:
             self._gossip_round(now, out)
         return out
 
-    def _start_probe(self, now: float, out: list[Outgoing]) -> None:
-        stretch = self.health + 1
-        self._next_probe_at = now + self.config.probe_interval * stretch
-        target = self._next_target()
-        if target is None:
-            return
-        row = self._table.rows[target]
-        self._probe = _Probe(target, self._new_seq(), now + self.config.probe_timeout * stretch,
-                             now + self.config.probe_interval * stretch)
-        out.append(Outgoing(target, row.address, Ping(self._probe.seq, target, self._buddy(target))))
-
     def probe_soon(self, node: str, now: float) -> None:
         """A hint from the transport that `node` may be gone (its connection closed): probe it next, as soon as
         the probe in flight (if any) ends, instead of in its turn. The verdict is still the protocol's: a node
         whose connection merely dropped answers, and nothing changes. Every node linked to a crashed one gets
         the hint at once, so the suspicion gathers its confirmations at once too."""
-        row = self._table.rows.get(node)
-        probe = self._probe
-        if self._left or row is None or row.status not in UP or (probe is not None and probe.target == node):
-            return
-        self._order.insert(self._order_at, node)
-        if probe is None:
-            self._next_probe_at = min(self._next_probe_at, now)
-
-    def _buddy(self, target: str) -> tuple[Update, ...]:
-        """A ping's piggyback: a suspect first hears that it is suspected (Lifeguard's buddy system)."""
-        row = self._table.rows[target]
-        buddy = (self._table.update_of(row, self.node),) if row.status == "suspect" else ()
-        return buddy + self._piggyback(len(buddy))
-
-    def _next_target(self) -> str | None:
-        """Round-robin over a shuffled list of the view, reshuffled at each pass (every member is probed once per
-        pass, so a crash is found within one pass however unlucky the draw)."""
-        view = self._table.current_view()
-        partial = len(self._table.rings) > self.config.view_threshold
-        for _ in range(2):
-            while self._order_at < len(self._order):
-                node = self._order[self._order_at]
-                self._order_at += 1
-                row = self._table.rows.get(node)
-                if row is not None and row.status in UP and (not partial or node in self._table.view_set):
-                    return node
-            self._order = list(view)
-            self._rng.shuffle(self._order)
-            self._order_at = 0
-        return None
-
-    def _advance_probe(self, now: float, out: list[Outgoing]) -> None:
-        probe = self._probe
-        if probe is None:
-            return
-        if now >= probe.ends_at + self.config.probe_interval:
-            # this tick is a period late: the loop was paused or starved, so the silence is ours (Lifeguard)
-            self._probe = None
-            self._adjust_health(1)
-            return
-        if not probe.indirect_sent and now >= probe.indirect_at:
-            self._ask_helpers(probe, out)
-        if now < probe.ends_at:
-            return
-        self._probe = None
-        # Lifeguard: helpers that did not even nack point at us; with no helpers, any failure counts
-        helpers = len(probe.helpers)
-        self._adjust_health(helpers - len(probe.nacked) if helpers else 1)
-        row = self._table.rows.get(probe.target)
-        if row is not None and row.status in UP:
-            self._table.apply(Update(row.node, "suspect", row.incarnation, self.node), now)
-
-    def _ask_helpers(self, probe: _Probe, out: list[Outgoing]) -> None:
-        probe.indirect_sent = True
-        rows = self._table.rows
-        candidates = [node for node in self._table.current_view()
-                      if node != probe.target and rows[node].status == "alive"]
-        helpers = self._rng.sample(candidates, min(self.config.indirect_checks, len(candidates)))
-        for helper in helpers:
-            out.append(self._to(helper, PingReq(probe.seq, probe.target, self._piggyback())))
-        probe.helpers = frozenset(helpers)
-        # and once more directly (memberlist's TCP fallback ping): a lone lost ping or ack must not make a suspect
-        out.append(self._to(probe.target, Ping(probe.seq, probe.target, self._buddy(probe.target))))
-
-    def _send_due_nacks(self, now: float, out: list[Outgoing]) -> None:
-        while self._relays:
-            seq, relay = next(iter(self._relays.items()))  # all share one timeout: the first is the earliest
-            if relay.nack_at > now:
-                return
-            del self._relays[seq]
-            out.append(self._to(relay.requester, Nack(relay.their_seq)))
+        if not self._left:
+            self._prober.probe_soon(node, now)
 
     def _expire_suspicions(self, now: float, out: list[Outgoing]) -> None:
         for address, verdict in self._table.expire_suspicions(now):
@@ -438,29 +322,15 @@ class Swim:
 
     def _on_ping_req(self, now: float, sender: str, request: PingReq, out: list[Outgoing]) -> None:
         self._table.merge(request.piggyback, now)
-        row = self._table.rows.get(request.target)
-        if row is None or self._left or len(self._relays) >= MAX_RELAYS:
-            return
-        seq = self._new_seq()
-        self._relays[seq] = _Relay(sender, row.node, request.seq, now + self.config.probe_timeout)
-        out.append(Outgoing(row.node, row.address, Ping(seq, row.node, self._piggyback())))
+        if not self._left:
+            self._prober.serve(now, sender, request, out)
 
     def _on_ack(self, now: float, sender: str, ack: Ack, out: list[Outgoing]) -> None:
         self._table.merge(ack.piggyback, now)
-        probe = self._probe
-        if probe is not None and ack.seq == probe.seq and (sender == probe.target or sender in probe.helpers):
-            self._probe = None
-            self._adjust_health(-1)
-            return
-        relay = self._relays.get(ack.seq)
-        if relay is not None and sender == relay.target:
-            del self._relays[ack.seq]
-            out.append(self._to(relay.requester, Ack(relay.their_seq, self._piggyback())))
+        self._prober.on_ack(sender, ack, out)
 
     def _on_nack(self, now: float, sender: str, nack: Nack, out: list[Outgoing]) -> None:
-        probe = self._probe
-        if probe is not None and nack.seq == probe.seq and sender in probe.helpers:
-            probe.nacked |= {sender}
+        self._prober.on_nack(sender, nack)
 
     def _on_gossip(self, now: float, sender: str, gossip: Gossip, out: list[Outgoing]) -> None:
         self._table.merge(gossip.piggyback, now)
@@ -537,9 +407,8 @@ class Swim:
             self._rumors.add(update)
 
     def _on_up(self, node: str) -> None:
-        """A member came up: with the full view, probe it within this pass, as memberlist does."""
-        if len(self._table.rings) <= self.config.view_threshold:
-            self._order.insert(self._rng.randint(self._order_at, len(self._order)), node)
+        """A member came up: probe it soon (the table is built before the prober, so this forwards)."""
+        self._prober.on_up(node)
 
     def _about_me(self, update: Update) -> None:
         """Refute: anything but `alive` said of this node at its incarnation or above is outbid by a new
@@ -580,10 +449,6 @@ class Swim:
 
     def _adjust_health(self, delta: int) -> None:
         self.health = min(max(self.health + delta, 0), self.config.health_max - 1)
-
-    def _new_seq(self) -> int:
-        self._seq = (self._seq + 1) & MAX_NUMBER
-        return self._seq
 
     def _to(self, node: str, message: Message) -> Outgoing:
         row = self._table.rows.get(node)
