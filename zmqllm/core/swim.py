@@ -44,28 +44,17 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from zmqllm.core.swim_config import SwimConfig
 from zmqllm.core.swim_probe import Prober
 from zmqllm.core.swim_rumors import RumorQueue
 from zmqllm.core.swim_table import Change, Member, MemberTable, Row
 from zmqllm.core.swim_wire import (MAX_INCARNATION_STEP, MAX_META_BYTES, MAX_NODE_ID, MAX_NUMBER, MAX_PIGGYBACK,
-                                   MAX_SYNC_STATES, UP, Ack, Gossip, Malformed, Message, Nack, Ping, PingReq,
-                                   Status, Sync, Update, from_fields, to_fields)
+                                   MAX_SYNC_STATES, UP, Ack, Gossip, Malformed, Message, Nack, Outgoing, Ping,
+                                   PingReq, Status, Sync, Update, from_fields, to_fields)
 
 __all__ = ["UP", "Change", "Malformed", "Member", "Message", "Outgoing", "Status", "Swim", "SwimConfig", "Update",
            "from_fields", "to_fields"]
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message to send. `address` is empty for a reply to a node not (yet) in the table: send it back on
-    the connection the request came from. `to` is empty for a seed whose id is not known yet."""
-
-    to: str
-    address: str
-    message: Message
-
 
 class Swim:
     """One node's part in the protocol, over its membership table. Not thread-safe: one owner calls it."""

@@ -24,14 +24,10 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from zmqllm.core.swim_config import SwimConfig
 from zmqllm.core.swim_table import MemberTable
-from zmqllm.core.swim_wire import MAX_NUMBER, UP, Ack, Message, Nack, Ping, PingReq, Update
-
-if TYPE_CHECKING:
-    from zmqllm.core.swim import Outgoing
+from zmqllm.core.swim_wire import MAX_NUMBER, UP, Ack, Message, Nack, Outgoing, Ping, PingReq, Update
 
 __all__ = ["MAX_RELAYS", "Prober"]
 

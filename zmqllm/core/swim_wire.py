@@ -108,6 +108,16 @@ Message = Union[Ping, PingReq, Ack, Nack, Gossip, Sync]
 MESSAGE_TYPES: dict[str, type] = {kind.KIND: kind for kind in (Ping, PingReq, Ack, Nack, Gossip, Sync)}
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to send. `address` is empty for a reply to a node not (yet) in the table: send it back on
+    the connection the request came from. `to` is empty for a seed whose id is not known yet."""
+
+    to: str
+    address: str
+    message: Message
+
+
 class Malformed(ValueError):
     """A message that is not a valid SWIM message (what and why in the text)."""
 
