@@ -16,7 +16,7 @@ from zmqllm.workflow.template import TemplateError, fields
 from zmqllm.workflow.values import Where, WorkflowError, show, suggest
 
 if TYPE_CHECKING:
-    from zmqllm.workflow.spec import Step
+    from zmqllm.workflow.shapes import Step
 
 __all__ = ["RESERVED", "link"]
 

@@ -16,9 +16,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from zmqllm.workflow import graph
+from zmqllm.workflow.shapes import Stage, Step, StepKind
 from zmqllm.workflow.merge import DEFAULT_SEPARATOR, MERGES
 from zmqllm.workflow.settings import SETTINGS_KEYS, TaskSettings, parse_settings
 from zmqllm.workflow.template import NAME_PATTERN
@@ -28,8 +29,6 @@ __all__ = [
     "WorkflowError", "Workflow", "Step", "Stage", "TaskSettings", "StepKind",
     "load_workflow", "parse_workflow", "DEFAULT_MAX_FAN_OUT", "MAX_FAN_OUT_CAP", "MAX_ROUNDS_CAP",
 ]
-
-StepKind = Literal["plain", "fan_out", "split", "loop"]
 
 DEFAULT_MAX_FAN_OUT = 16
 MAX_FAN_OUT_CAP = 64
@@ -41,42 +40,6 @@ _SPLIT_KEYS = ("split", "chunk_chars", "chunk_tokens")
 _LOOP_KEYS = ("text", "stages", "max_rounds", "until", "until_stage")
 _STEP_KEYS = ("name", "optional", "prompt", *_FAN_KEYS, *_SPLIT_KEYS, *_LOOP_KEYS, *SETTINGS_KEYS)
 _STAGE_KEYS = ("name", "prompt", *SETTINGS_KEYS)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One task of each round of a loop step."""
-
-    name: str
-    prompt: str
-    settings: TaskSettings
-
-
-@dataclass(frozen=True)
-class Step:
-    """A named unit of work: plain, fan_out, split or loop (see docs/workflows.md)."""
-
-    name: str
-    kind: StepKind
-    settings: TaskSettings
-    needs: tuple[str, ...] = ()
-    """The steps whose outputs this one reads, in spec order."""
-    optional: bool = False
-    prompt: str = ""
-    fan_out: int = 1
-    distinct_peers: bool = False
-    merge: str | None = None
-    merge_prompt: str | None = None
-    merge_settings: TaskSettings | None = None
-    separator: str = DEFAULT_SEPARATOR
-    split: str | None = None
-    chunk_chars: int | None = None
-    chunk_tokens: int | None = None
-    text: str = ""
-    stages: tuple[Stage, ...] = ()
-    max_rounds: int = 1
-    until: re.Pattern[str] | None = None
-    until_stage: str | None = None
 
 
 @dataclass(frozen=True)
