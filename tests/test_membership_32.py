@@ -32,7 +32,7 @@ for the loop lag of 32 processes on 2 cores (the same bound tests/test_mesh.py h
 SWIM_DEAD_BOUND_S = 4.0
 """The same under `membership = "swim"`: a closed connection (kill) or 1.5 silent heartbeat intervals (freeze)
 bring every linked node's probe forward; a failed probe ends its period (0.5 s) as a suspicion, which the many
-accusers bring to its floor, 2 periods × log10(32) = 1.5 s; then the verdict's gossip. Measured 2.0–2.7 s; the
+accusers bring to its floor, 2 periods × log10(32) = 1.5 s; then the verdict's gossip. Measured 2.0–2.75 s; the
 rest is for 32 processes on 2 cores (docs/membership.md)."""
 DEAD_BOUNDS = {"heartbeat": DEAD_BOUND_S, "swim": SWIM_DEAD_BOUND_S}
 CONVERGE_S = 5.0

@@ -8,7 +8,9 @@ suspicion becomes a death only after a timeout, during which the suspect can ref
 incarnation. Changes ride on the protocol's own messages (piggyback), each sent λ · ⌈log10(N + 1)⌉ times, and a
 gossip round every `gossip_interval` pushes pending ones to `gossip_fanout` members. Every push-pull period a
 node sends a digest of its table to a random member (sometimes to a dead one: that is how a healed partition
-finds its other half); differing digests trigger a full state exchange.
+finds its other half); differing digests trigger a full state exchange. That anti-entropy is
+`core/swim_sync.py`'s `AntiEntropy`, which `Swim` ticks and hands the `Sync` messages; it applies a partner's
+table through `Swim`, which holds back the news it makes so that the push-pull decides how they travel.
 
 This module is the protocol: the messages, the timers and this node's own incarnation and health. What the node
 believes of the others (the rows, the digest, the precedence rules, suspicions and the view) is
@@ -48,7 +50,8 @@ from collections.abc import Iterable
 from zmqllm.core.swim_config import SwimConfig
 from zmqllm.core.swim_probe import Prober
 from zmqllm.core.swim_rumors import RumorQueue
-from zmqllm.core.swim_table import Change, Member, MemberTable, Row
+from zmqllm.core.swim_sync import AntiEntropy
+from zmqllm.core.swim_table import Change, Member, MemberTable
 from zmqllm.core.swim_wire import (MAX_INCARNATION_STEP, MAX_META_BYTES, MAX_NODE_ID, MAX_NUMBER, MAX_PIGGYBACK,
                                    MAX_SYNC_STATES, UP, Ack, Gossip, Malformed, Message, Nack, Outgoing, Ping,
                                    PingReq, Status, Sync, Update, from_fields, to_fields)
@@ -75,7 +78,6 @@ class Swim:
         self._left = False
         self._table = MemberTable(node, config, spread=self._spread, on_up=self._on_up, about_me=self._about_me,
                                   refuse=self._refuse)
-        self._next_reconnect_at = now
         self._rumors = RumorQueue()
         self._news: list[Update] | None = None
         self._seeds: list[str] = []
@@ -83,10 +85,11 @@ class Swim:
         self._prober = Prober(node, self._table, config, rng, now, health=lambda: self.health,
                               adjust_health=self._adjust_health, piggyback=self._piggyback, to=self._to)
         self._next_gossip_at = now
-        self._next_push_pull_at = now + rng.uniform(0, config.push_pull_interval)
-        self._next_catch_up_at = now
+        # after the prober: it draws the first push-pull time, and seeded runs depend on the order of draws
+        self._anti_entropy = AntiEntropy(node, self._table, config, rng, now, rumors=self._rumors, to=self._to,
+                                         full_state=self._full_state, apply_holding_news=self._apply_holding_news)
         self._handlers = {Ping: self._on_ping, PingReq: self._on_ping_req, Ack: self._on_ack, Nack: self._on_nack,
-                          Gossip: self._on_gossip, Sync: self._on_sync}
+                          Gossip: self._on_gossip, Sync: self._anti_entropy.on_sync}
 
     # -- joining, leaving, metadata ---------------------------------------------------------------------------
 
@@ -102,8 +105,7 @@ class Swim:
         """Start as if a push-pull had listed these (node, address) pairs alive at incarnation 0, reporting no
         changes: simulations and tests begin from a formed mesh without N joins."""
         self._table.preload(members, now)
-        period = self.config.push_pull_period(len(self._table.rings))
-        self._next_push_pull_at = now + self._rng.uniform(0, period)  # spread over the period
+        self._anti_entropy.spread_push_pull(now)
 
     def leave(self, now: float) -> list[Outgoing]:
         """Say goodbye: `left` under a new incarnation, sent at once to the active view and gossiped until its
@@ -164,14 +166,12 @@ class Swim:
 
     def next_wakeup(self) -> float:
         """The latest time the next `tick` is due (calling it earlier is harmless)."""
-        times = [] if self._left else [self._next_push_pull_at]
+        times = [] if self._left else [self._anti_entropy.next_wakeup()]
         times += [self._prober.next_wakeup(), self._table.next_deadline()]
         if self._rumors:
             times.append(self._next_gossip_at)
         if self._seeds:
             times.append(self._next_join_at)
-        if self._table.recent_deaths and not self._left:
-            times.append(self._next_reconnect_at)
         return min(times, default=math.inf)
 
     # -- the clock --------------------------------------------------------------------------------------------
@@ -188,10 +188,7 @@ class Swim:
             self._prober.settle(now, out)
             self._expire_suspicions(now, out)
             self._prober.start_due(now, out)
-            if now >= self._next_push_pull_at:
-                self._push_pull(now, out)
-            if self._table.recent_deaths and now >= self._next_reconnect_at:
-                self._reconnect(now, out)
+            self._anti_entropy.tick(now, out)
         if self._rumors and now >= self._next_gossip_at:
             self._gossip_round(now, out)
         return out
@@ -217,32 +214,6 @@ class Swim:
                 return
             out.append(self._to(node, Gossip(piggyback)))
 
-    def _push_pull(self, now: float, out: list[Outgoing]) -> None:
-        self._next_push_pull_at = now + self.config.push_pull_period(len(self._table.rings))
-        self._table.forget_departed(now)
-        if self._table.down and self._rng.random() < self.config.reconnect_share:
-            partner = self._rng.choice(sorted(self._table.down))
-        elif len(self._table.rings) > 1:
-            partner = self.node
-            while partner == self.node:
-                partner = self._table.rings.pick(self._rng)
-        else:
-            return
-        out.append(self._to(partner, Sync(self.digest, (), reply=True)))
-
-    def _reconnect(self, now: float, out: list[Outgoing]) -> None:
-        """A digest to one member that died lately: if it lives (a partition healed, a pause ended), the push-pull
-        that follows tells both sides; if it crashed, one small message is lost."""
-        self._next_reconnect_at = now + self.config.reconnect_interval
-        recent, rows = self._table.recent_deaths, self._table.rows
-        while recent and (now - recent[0][0] >= self.config.reconnect_window or recent[0][1] not in self._table.down
-                          or rows[recent[0][1]].since != recent[0][0]):
-            recent.popleft()
-        if recent:
-            since, node = recent[self._rng.randrange(len(recent))]
-            if node in self._table.down and rows[node].since == since:
-                out.append(self._to(node, Sync(self.digest, (), reply=True)))
-
     # -- messages ---------------------------------------------------------------------------------------------
 
     def receive(self, now: float, sender: str, message: Message) -> list[Outgoing]:
@@ -262,19 +233,8 @@ class Swim:
             out.append(self._to(sender, Gossip((self._my_update(),))))
         row = self._table.rows.get(sender)
         if row is not None and row.status == "dead":  # it talks, so it lives
-            self._heard_from_the_dead(now, row, out)
+            self._anti_entropy.heard_from_the_dead(now, row, out)
         return out
-
-    def _heard_from_the_dead(self, now: float, row: Row, out: list[Outgoing]) -> None:
-        """A member this node holds dead sent it something. Usually it should hear it was declared dead, and
-        refute. But a node that holds dead more members than it has live ones was probably cut off itself:
-        it asks the sender for its table instead (at most once per `resync_interval`), and defers to it
-        (`_on_sync`) rather than make every member it wrongly buried refute."""
-        if len(self._table.down) <= len(self._table.rings):
-            out.append(Outgoing(row.node, row.address, Gossip((self._table.update_of(row, self.node),))))
-        elif now >= self._next_catch_up_at:
-            self._next_catch_up_at = now + self.config.resync_interval
-            out.append(Outgoing(row.node, row.address, Sync(self.digest, (), reply=True)))
 
     def _doubted_in_the_past(self, message: Message) -> bool:
         """The message says this node is dead or gone at an incarnation it has already outbid: its sender missed
@@ -324,69 +284,6 @@ class Swim:
     def _on_gossip(self, now: float, sender: str, gossip: Gossip, out: list[Outgoing]) -> None:
         self._table.merge(gossip.piggyback, now)
 
-    def _on_sync(self, now: float, sender: str, sync: Sync, out: list[Outgoing]) -> None:
-        """A digest alone asks for our state when it differs; a state with `reply` (a join, or the second leg)
-        is answered with ours, which asks for theirs only if they sent none.
-
-        Where the tables disagree on whether a member is dead at the same incarnation, neither side's word is
-        first-hand. The smaller side of a healed partition defers: a node that holds dead more of the
-        partner's live members than it has live members itself was the one cut off, and takes the partner's
-        word for them quietly (no rumor: the rest of the mesh never doubted them). Otherwise the member is told
-        it was declared dead and refutes if it lives (one refutation per member in dispute, as SWIM has it),
-        while this node's own probes judge it. Without the deferral, every member the cut-off side buried
-        refutes, each refutation a rumor to every node: O(N²) messages for a long partition of a big mesh
-        (simulated: 3 nodes cut off from 30 for 3 minutes buried the 27 others; on the heal all 27 refuted
-        without it, none with it). memberlist suspects the member instead, which sets off a mesh-wide
-        suspicion storm.
-
-        News are passed on as rumors, except when there are many (`resync_changes`: this node joined or was cut
-        off): then members it had not heard of are passed on as tables (another push-pull follows within
-        `resync_interval`), and only changes to members it knew (refutations) as rumors."""
-        rows, my_live = self._table.rows, len(self._table.rings)
-        they_buried: list[tuple[Row, Update]] = []  # live here, dead there
-        we_buried: list[tuple[Row, Update]] = []  # dead here, live there at the same incarnation
-        rest: list[Update] = []
-        unknown: set[str] = set()
-        for update in sync.states:
-            row = rows.get(update.node)
-            if row is None:
-                unknown.add(update.node)
-            if row is not None and row.status in UP and update.status == "dead" \
-                    and update.incarnation >= row.incarnation:
-                they_buried.append((row, update))
-            elif row is not None and row.status == "dead" and update.status in UP \
-                    and update.incarnation == row.incarnation:
-                we_buried.append((row, update))
-            else:
-                rest.append(update)
-        their_live = sum(1 for update in sync.states if update.status in UP)
-        they_were_cut_off = len(they_buried) > their_live  # they defer when they hear us: nobody need refute
-        news: list[Update] = []
-        self._news = news
-        for update in rest:
-            if not (they_were_cut_off and update.node == self.node):
-                self._table.apply(update, now)
-        self._news = None
-        if not they_were_cut_off:
-            for row, update in they_buried:
-                out.append(Outgoing(row.node, row.address, Gossip((update,))))
-        if len(we_buried) > my_live:
-            for row, update in we_buried:
-                self._table.revive(row, update, now)
-        else:
-            for row, _ in we_buried:
-                out.append(Outgoing(row.node, row.address, Gossip((self._table.update_of(row, self.node),))))
-        bulk = len(news) + len(they_buried) + len(we_buried) >= self.config.resync_changes
-        if bulk:
-            self._next_push_pull_at = min(self._next_push_pull_at, now + self.config.resync_interval)
-        for update in news:
-            # members new to this node are old news to the mesh; a refutation is news to everyone, and must
-            # spread even from a node that learned it by push-pull
-            if not bulk or update.node not in unknown:
-                self._rumors.add(update)
-        if sync.reply and (sync.states or sync.digest != self.digest):
-            out.append(self._to(sender, Sync(self.digest, self._full_state(), reply=not sync.states)))
-
     # -- the table's callbacks ------------------------------------------------------------------------------------
 
     def _spread(self, update: Update) -> None:
@@ -394,6 +291,15 @@ class Swim:
             self._news.append(update)  # a push-pull decides how its news travel
         else:
             self._rumors.add(update)
+
+    def _apply_holding_news(self, updates: Iterable[Update], now: float) -> list[Update]:
+        """Apply a push-pull's updates, returning the news they made instead of spreading them (`AntiEntropy`)."""
+        news: list[Update] = []
+        self._news = news
+        for update in updates:
+            self._table.apply(update, now)
+        self._news = None
+        return news
 
     def _on_up(self, node: str) -> None:
         """A member came up: probe it soon (the table is built before the prober, so this forwards)."""

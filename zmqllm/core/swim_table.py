@@ -277,7 +277,7 @@ class MemberTable:
 
     def revive(self, row: Row, update: Update, now: float) -> None:
         """Take a partner's word that a member this node holds dead lives, at the same incarnation
-        (`Swim._on_sync`)."""
+        (`AntiEntropy.on_sync`, core/swim_sync.py)."""
         row.address = update.address or row.address
         if update.meta_version > row.meta_version:
             row.meta, row.meta_version = update.meta, update.meta_version
