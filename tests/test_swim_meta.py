@@ -58,6 +58,7 @@ def test_under_another_judge_the_table_changes_state_only_when_told() -> None:
     table.observe(_identity(), 0.0)
     assert table.judge("id-a", "suspect", 1.0).new == "suspect"
     assert table.heard_from("id-a", 1.5) and table.get("id-a").state == "suspect"  # hearing does not revive
+    assert table.tick(60.0) == [] and table.get("id-a").state == "suspect"  # nor does silence kill
     assert table.refresh(_identity(loaded=()), Load(active=1), 2.0, first_hand=False)
     peer = table.get("id-a")
     assert peer.state == "suspect" and peer.identity.loaded == () and peer.load.active == 1

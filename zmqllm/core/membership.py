@@ -111,9 +111,7 @@ class Load:
     @classmethod
     def from_fields(cls, load: dict[str, Any]) -> Load:
         def number(key: str, kind: type) -> Any:
-            value = load.get(key, 0)
-            usable = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            return kind(value) if usable else kind(0)
+            return plain_number(load.get(key, 0), kind)
 
         return cls(number("active", int), number("queued", int), number("slots", int), number("tok_s", float),
                    parse_advertised(load.get("cache")), number("prompt_tokens", int), number("cached_tokens", int),
@@ -258,8 +256,10 @@ class PeerTable:
         return gone
 
     def tick(self, now: float) -> list[Transition]:
-        """Advance liveness by the clock; returns the state changes."""
-        changes = []
+        """Advance liveness by the clock; returns the state changes (none when another judge decides)."""
+        changes: list[Transition] = []
+        if not self.judge_by_silence:
+            return changes
         for peer in self._peers.values():
             if peer.state in ("dead", "left"):
                 continue
@@ -311,6 +311,13 @@ class PeerTable:
         self._self_peer.load, self._self_peer.last_seen = my_load, now
         everyone = [self._self_peer] + self.peers()
         return [_row(p, now, p is self._self_peer) for p in everyone]
+
+
+def plain_number(value: Any, kind: type) -> Any:
+    """`value` as `kind` when it is a finite int or float (a bool is not a number), else 0: a peer's report of
+    its load is a hint, and a malformed figure reads as nothing rather than refusing the report."""
+    usable = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return kind(value) if usable else kind(0)
 
 
 def new_endpoints(rows: Iterable[dict[str, Any]], known: set[str]) -> list[str]:

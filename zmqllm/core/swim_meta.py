@@ -13,12 +13,11 @@ Pure: bytes in, `Identity` and `Load` out; a blob that is not what this module w
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import msgpack
 
-from zmqllm.core.membership import Identity, Load
+from zmqllm.core.membership import Identity, Load, plain_number
 from zmqllm.core.swim_wire import MAX_META_BYTES
 
 _MAX_TEXT = 256
@@ -82,6 +81,4 @@ def _count(value: Any) -> bool:
 
 
 def _number(body: dict[str, Any], key: str, kind: type) -> Any:
-    value = body.get(key, 0)
-    usable = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    return kind(value) if usable else kind(0)
+    return max(kind(0), plain_number(body.get(key, 0), kind))

@@ -467,7 +467,7 @@ class Node:
         if self.table is None:
             return period
         now = self.clock()
-        for change in self.table.tick(now) if self.swim is None else ():  # under SWIM, SWIM judges
+        for change in self.table.tick(now):
             self.on_transition(change)
         for peer in self.table.forget_departed(now):
             link = self.links.get(peer.identity.endpoint)

@@ -61,6 +61,8 @@ class SwimMembership:
         self.swim: Swim | None = None
         self._rng = rng or random.Random()
         self._meta = b""
+        self._meta_identity: Identity | None = None
+        """The identity the last published metadata said: a change of it is published at once."""
         self._meta_at = 0.0
         self._next_links_at = 0.0
         self._next_meta_at = 0.0
@@ -68,8 +70,6 @@ class SwimMembership:
         """Linked peers whose silence already made this node probe them out of turn (once per silence)."""
         self._inbound: dict[str, float] = {}
         """Node id → when it last sent on this node's ROUTER (`INBOUND_S`)."""
-        self.malformed = 0
-        """SWIM messages refused by `from_fields` (also counted in the node's `dropped_frames`)."""
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -77,7 +77,8 @@ class SwimMembership:
         """Join through the seeds (`peers`): a push-pull with each, repeated until one answers."""
         node = self.node
         now = node.clock()
-        self._meta = encode_meta(node.identity(), node.load())
+        self._meta_identity = node.identity()
+        self._meta = encode_meta(self._meta_identity, node.load())
         self._meta_at = now
         self.swim = Swim(node.node_id, node.endpoint, now, self._rng, self.config, self._meta)
         self._send_all(self.swim.join(now, self.seeds))
@@ -118,7 +119,6 @@ class SwimMembership:
         try:
             parsed = from_fields(message.type, dict(message.fields))
         except Malformed as exc:
-            self.malformed += 1
             self.node.dropped_frames += 1
             self.node.say_quietly(sender, f"refused {message.type}: {exc}")
             return
@@ -155,18 +155,12 @@ class SwimMembership:
         if link is None and out.to and node.clock() - self._inbound.get(out.to, -INBOUND_S) < INBOUND_S:
             node.reply(out.to.encode(), kind, **fields)
             return
-        if link is None and out.address and not out.to:
-            link = node.dial(out.address, seed=out.address in self.seeds)  # a join, through a seed
-        elif link is None and out.to and out.address and self._knows(out.to):
-            link = node.dial(out.address)
+        if link is None and out.address:  # a member, or a seed on a join
+            link = node.dial(out.address, seed=out.address in self.seeds)
         if link is not None:
             node.send_on_link(link, kind, protocol.encode(node.message(kind, **fields)))
         elif out.to:
             node.reply(out.to.encode(), kind, **fields)
-
-    def _knows(self, node_id: str) -> bool:
-        swim = self.swim
-        return swim is not None and swim.member(node_id) is not None
 
     # -- the peer table follows SWIM ------------------------------------------------------------------------------
 
@@ -214,12 +208,12 @@ class SwimMembership:
 
     def _publish_meta(self, swim: Swim, now: float) -> None:
         node = self.node
-        meta = encode_meta(node.identity(), node.load())
+        identity = node.identity()
+        meta = encode_meta(identity, node.load())
         if meta == self._meta:
             return
-        identity_changed = _identity_of(meta) != _identity_of(self._meta)
-        if identity_changed or now - self._meta_at >= META_INTERVAL_S:
-            self._meta, self._meta_at = meta, now
+        if identity != self._meta_identity or now - self._meta_at >= META_INTERVAL_S:
+            self._meta, self._meta_identity, self._meta_at = meta, identity, now
             swim.set_meta(meta)
 
     def _probe_the_silent(self, swim: Swim, now: float) -> None:
@@ -258,8 +252,3 @@ class SwimMembership:
             if now - link.used_at > LINK_IDLE_S:
                 node.close_link(link, "outside the active view and idle")
 
-
-def _identity_of(meta: bytes) -> Identity | None:
-    """The identity part of a metadata blob (its load part changes all the time)."""
-    decoded = decode_meta("-", "-", meta)
-    return None if decoded is None else decoded[0]
